@@ -1,0 +1,5 @@
+"""`python -m webui` starts the console."""
+
+from webui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""Command-line options -> Settings -> services -> the launched app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from webui.settings import Settings, default_state_dir
+
+
+class OptionError(Exception):
+    """A launch option that cannot be honoured; the message names the option and the fix."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmdeploy-console",
+        description="A browser console over LMDeploy: quantize, serve, chat, call tools, watch GPU memory.",
+    )
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (default 127.0.0.1; anything else needs --auth)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                        help="port of the console (default 7860)")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                        help="a login; repeat for several")
+    parser.add_argument("--auth-file", type=Path, help="a file with one USER:PASS per line")
+    parser.add_argument("--share", action="store_true", help="publish a public share link (needs --auth)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help=f"database, logs and outputs (default {default_state_dir()})")
+    parser.add_argument("--model-root", type=Path, action="append", default=[], metavar="DIR",
+                        help="a folder the console may read models from and write outputs to; repeatable "
+                             "(default: the state folder)")
+    parser.add_argument("--lmdeploy-python", default="",
+                        help="the Python interpreter that has lmdeploy installed (default: this one)")
+    parser.add_argument("--keep-servers", action="store_true",
+                        help="leave api_servers running when the console exits (they are re-attached next time)")
+    return parser
+
+
+def parse_auth(pairs: Sequence[str], auth_file: Path | None) -> tuple[tuple[str, str], ...]:
+    lines = list(pairs)
+    if auth_file is not None:
+        try:
+            text = auth_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise OptionError(f"--auth-file {auth_file}: cannot read it ({exc.strerror}).") from exc
+        lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    out = []
+    for line in lines:
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise OptionError("--auth expects USER:PASS with a non-empty user and password.")
+        out.append((user, password))
+    return tuple(out)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    if not 1 <= args.port <= 65535:
+        raise OptionError(f"--port {args.port}: choose a port between 1 and 65535.")
+    state_dir = (args.state_dir or default_state_dir()).expanduser().resolve()
+    roots = []
+    for root in args.model_root:
+        path = root.expanduser().resolve()
+        if not path.is_dir():
+            raise OptionError(f"--model-root {root}: no such folder; create it or pass an existing one.")
+        roots.append(path)
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        auth=parse_auth(args.auth, args.auth_file),
+        share=args.share,
+        state_dir=state_dir,
+        model_roots=tuple(roots) or (state_dir,),
+        lmdeploy_python=args.lmdeploy_python,
+        keep_servers=args.keep_servers,
+    )
+    problem = settings.exposure_problem()
+    if problem:
+        raise OptionError(problem)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except OptionError as exc:
+        print(f"lmdeploy-console: {exc}", file=sys.stderr)
+        return 2
+    # Imported late so `--help` and option errors answer instantly.
+    from webui.app import build_app
+    from webui.services.container import Services
+
+    services = Services.build(settings)
+    demo, launch_kwargs = build_app(services)
+    demo.queue(max_size=64, default_concurrency_limit=4)
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        demo.launch(
+            server_name=settings.host,
+            server_port=settings.port,
+            auth=list(settings.auth) or None,
+            share=settings.share,
+            allowed_paths=[],
+            footer_links=["api", "gradio", "settings"],
+            **launch_kwargs,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.close()
+    return 0

@@ -1,0 +1,1 @@
+"""Plain-Python services of the console. Nothing here imports gradio."""

@@ -1,0 +1,283 @@
+"""What a user asks of `lmdeploy serve api_server`, checked, and turned into an argv list (never a shell line)."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from webui.services.models import ModelRoots, PathProblem, read_model_info
+from webui.settings import is_loopback
+
+BACKENDS = ("turbomind", "pytorch")
+MODEL_FORMATS = ("auto", "hf", "awq", "gptq")
+# label value -> LMDeploy's --quant-policy number
+KV_POLICIES = {"none": 0, "int8": 8, "int4": 4, "fp8": 16, "fp8_e5m2": 17}
+PYTORCH_ONLY_POLICIES = {"fp8", "fp8_e5m2"}
+TOOL_CALL_PARSERS = (
+    "internlm", "intern-s1", "interns2-preview", "qwen", "qwen2d5", "qwen3", "qwen3coder", "llama3",
+    "glm47", "deepseek-v32", "deepseek-v4", "kimi_k2", "kimi-k2",
+)
+DEFAULT_PORT = 23333
+MAX_SESSION_LEN = 10_000_000
+MAX_BATCH_SIZE = 65_536
+MAX_TP = 64
+
+# Flags the form owns: typing them again in "extra arguments" would fight the form.
+FORM_FLAGS = {
+    "--server-name", "--server-port", "--backend", "--model-format", "--quant-policy",
+    "--cache-max-entry-count", "--session-len", "--max-batch-size", "--tp", "--model-name", "--api-keys",
+    "--tool-call-parser", "--eager-mode", "--log-level",
+}
+# Other `lmdeploy serve api_server` options (0.18.0 --help) that may be passed through, with whether
+# they take a value. Anything else is refused before a process is started.
+EXTRA_FLAGS: dict[str, bool] = {
+    "--allow-origins": True, "--allow-credentials": False, "--allow-methods": True, "--allow-headers": True,
+    "--proxy-url": True, "--max-concurrent-requests": True, "--allowed-media-domains": True, "--ssl": False,
+    "--max-log-len": True, "--disable-fastapi-docs": False, "--allow-terminate-by-client": False,
+    "--enable-abort-handling": False, "--trust-remote-code": False, "--chat-template": True,
+    "--reasoning-parser": True, "--revision": True, "--download-dir": True, "--generation-config": True,
+    "--adapters": True, "--device": True, "--empty-init": False, "--logprobs-mode": True,
+    "--distributed-executor-backend": True, "--kernel-block-size": True, "--language-model-only": False,
+    "--dtype": True, "--num-gpu-blocks": True, "--cache-block-seq-len": True,
+    "--enable-prefix-caching": False, "--max-prefill-token-num": True, "--hf-overrides": True,
+    "--disable-metrics": False, "--dp": True, "--ep": True, "--enable-microbatch": False,
+    "--enable-eplb": False, "--role": True, "--migration-backend": True,
+    "--cudagraph-capture-batch-sizes": True, "--piecewise-cudagraph-max-tokens": True,
+    "--node-rank": True, "--nnodes": True, "--cp": True, "--rope-scaling-factor": True,
+    "--num-tokens-per-iter": True, "--max-prefill-iters": True, "--async": True, "--communicator": True,
+    "--moe-a2a-backend": True, "--dist-init-addr": True, "--vision-max-batch-size": True,
+    "--speculative-algorithm": True, "--speculative-draft-model": True,
+    "--speculative-num-draft-tokens": True, "--speculative-dflash-block-size": True,
+    "--kv-transfer-config": True,
+}
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """User intent for one api_server, as plain values (JSON-able, so it is stored as given)."""
+
+    model_path: str
+    backend: str = "turbomind"
+    model_format: str = "auto"
+    kv_policy: str = "none"
+    cache_max_entry_count: float = 0.8
+    session_len: int = 0
+    max_batch_size: int = 0
+    tp: int = 1
+    port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"
+    model_name: str = ""
+    api_keys: tuple[str, ...] = ()
+    tool_call_parser: str = ""
+    eager_mode: bool = False
+    extra_args: str = ""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["api_keys"] = list(self.api_keys)
+        return data
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> ServerSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["api_keys"] = tuple(known.get("api_keys") or ())
+        return cls(**known)
+
+    @property
+    def quant_policy(self) -> int:
+        return KV_POLICIES.get(self.kv_policy, 0)
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One refused field: the form field's name, a catalog key and the values the message needs."""
+
+    field: str
+    key: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
+    """A spec that passed every check, with the real model folder it resolved to."""
+
+    spec: ServerSpec
+    model_dir: Path
+
+
+def split_extra_args(text: str) -> list[str] | FieldError:
+    """Parse the extra-arguments box like a shell would split words (no shell ever runs it)."""
+    try:
+        words = shlex.split(text or "")
+    except ValueError as exc:
+        return FieldError("extra_args", "errors.extra_unparsable", {"error": str(exc)})
+    i = 0
+    while i < len(words):
+        word = words[i]
+        flag = word.split("=", 1)[0]
+        if not flag.startswith("--"):
+            return FieldError("extra_args", "errors.extra_not_flag", {"word": word})
+        if flag in FORM_FLAGS:
+            return FieldError("extra_args", "errors.extra_form_flag", {"flag": flag})
+        if flag not in EXTRA_FLAGS:
+            return FieldError("extra_args", "errors.extra_unknown_flag", {"flag": flag})
+        takes_value = EXTRA_FLAGS[flag]
+        if "=" in word:
+            if not takes_value:
+                return FieldError("extra_args", "errors.extra_no_value", {"flag": flag})
+            i += 1
+            continue
+        i += 1
+        if takes_value:
+            if i >= len(words) or words[i].startswith("--"):
+                return FieldError("extra_args", "errors.extra_needs_value", {"flag": flag})
+            while i < len(words) and not words[i].startswith("--"):
+                i += 1  # some options take several values (--allow-origins a b)
+    return words
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on host:port (bind test, so a refused connect is not mistaken for free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0" if host in ("0.0.0.0", "") else host, port))
+        except OSError:
+            return False
+    return True
+
+
+def suggest_port(start: int = DEFAULT_PORT, taken: set[int] | None = None) -> int:
+    """First free port from `start` that no other console server claims."""
+    taken = taken or set()
+    for port in range(start, start + 200):
+        if port not in taken and port_is_free(port):
+            return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def check_spec(
+    spec: ServerSpec,
+    roots: ModelRoots,
+    gpu_count: int | None,
+    ports_claimed: set[int] | None = None,
+) -> CheckedSpec | list[FieldError]:
+    """Every reason the spec cannot start, or the checked spec. Nothing is spawned here.
+
+    gpu_count is None when NVML is absent (then tp is checked for shape only).
+    """
+    errors: list[FieldError] = []
+    resolved = roots.resolve(spec.model_path)
+    model_dir: Path | None = None
+    if isinstance(resolved, PathProblem):
+        errors.append(FieldError("model_path", resolved.key, resolved.params))
+    else:
+        model_dir = resolved
+        info = read_model_info(resolved)
+        if isinstance(info, PathProblem):
+            errors.append(FieldError("model_path", info.key, info.params))
+    choices = (
+        ("backend", spec.backend, BACKENDS),
+        ("model_format", spec.model_format, MODEL_FORMATS),
+        ("kv_policy", spec.kv_policy, tuple(KV_POLICIES)),
+        ("tool_call_parser", spec.tool_call_parser or TOOL_CALL_PARSERS[0], TOOL_CALL_PARSERS),
+    )
+    for name, value, allowed in choices:
+        if value not in allowed:
+            errors.append(FieldError(name, "errors.choice", {"value": value, "choices": ", ".join(allowed)}))
+    if spec.kv_policy in PYTORCH_ONLY_POLICIES and spec.backend != "pytorch":
+        errors.append(FieldError("kv_policy", "errors.fp8_needs_pytorch", {"policy": spec.kv_policy}))
+    if not 0.0 < float(spec.cache_max_entry_count) < 1.0:
+        errors.append(
+            FieldError("cache_max_entry_count", "errors.fraction_range", {"value": str(spec.cache_max_entry_count)})
+        )
+    if not 0 <= spec.session_len <= MAX_SESSION_LEN:
+        errors.append(FieldError("session_len", "errors.int_range", {"min": "0", "max": str(MAX_SESSION_LEN)}))
+    if not 0 <= spec.max_batch_size <= MAX_BATCH_SIZE:
+        errors.append(FieldError("max_batch_size", "errors.int_range", {"min": "0", "max": str(MAX_BATCH_SIZE)}))
+    if spec.tp < 1 or spec.tp > MAX_TP or spec.tp & (spec.tp - 1):
+        errors.append(FieldError("tp", "errors.tp_power_of_two", {"value": str(spec.tp)}))
+    elif gpu_count is not None and gpu_count > 0 and spec.tp > gpu_count:
+        errors.append(FieldError("tp", "errors.tp_too_large", {"value": str(spec.tp), "gpus": str(gpu_count)}))
+    elif gpu_count == 0 and spec.tp > 1:
+        errors.append(FieldError("tp", "errors.tp_too_large", {"value": str(spec.tp), "gpus": "0"}))
+    if not 1024 <= spec.port <= 65535:
+        errors.append(FieldError("port", "errors.port_range", {"value": str(spec.port)}))
+    elif spec.port in (ports_claimed or set()):
+        errors.append(FieldError("port", "errors.port_claimed", {"port": str(spec.port)}))
+    elif not port_is_free(spec.port, spec.host):
+        errors.append(FieldError("port", "errors.port_in_use", {"port": str(spec.port)}))
+    if not is_loopback(spec.host) and not spec.api_keys:
+        errors.append(FieldError("host", "errors.server_open_without_key", {"host": spec.host}))
+    for key in spec.api_keys:
+        if not key or any(c.isspace() for c in key):
+            errors.append(FieldError("api_keys", "errors.api_key_space", {}))
+            break
+    if spec.model_name and (spec.model_name != spec.model_name.strip() or "\n" in spec.model_name):
+        errors.append(FieldError("model_name", "errors.model_name_space", {}))
+    extra = split_extra_args(spec.extra_args)
+    if isinstance(extra, FieldError):
+        errors.append(extra)
+    if errors or model_dir is None:
+        return errors
+    return CheckedSpec(spec=spec, model_dir=model_dir)
+
+
+def build_argv(checked: CheckedSpec, python: str) -> list[str]:
+    """The exact api_server command as an argv list, started through `python -m lmdeploy`."""
+    return [python, "-m", "lmdeploy", *cli_args(checked.spec, str(checked.model_dir))]
+
+
+def cli_args(spec: ServerSpec, model_dir: str) -> list[str]:
+    """Arguments after `lmdeploy`: pure, so the preview and the real command cannot drift apart."""
+    args = [
+        "serve", "api_server", model_dir,
+        "--backend", spec.backend,
+        "--server-name", spec.host,
+        "--server-port", str(spec.port),
+        "--cache-max-entry-count", _fraction(spec.cache_max_entry_count),
+        "--tp", str(spec.tp),
+        # INFO prints the start-up phases the Serve tab shows as progress (the default is WARNING).
+        "--log-level", "INFO",
+    ]
+    if spec.model_format != "auto":
+        args += ["--model-format", spec.model_format]
+    if spec.quant_policy:
+        args += ["--quant-policy", str(spec.quant_policy)]
+    if spec.session_len:
+        args += ["--session-len", str(spec.session_len)]
+    if spec.max_batch_size:
+        args += ["--max-batch-size", str(spec.max_batch_size)]
+    if spec.model_name:
+        args += ["--model-name", spec.model_name]
+    if spec.tool_call_parser:
+        args += ["--tool-call-parser", spec.tool_call_parser]
+    if spec.eager_mode:
+        args.append("--eager-mode")
+    if spec.api_keys:
+        args += ["--api-keys", *spec.api_keys]
+    extra = split_extra_args(spec.extra_args)
+    if isinstance(extra, list):
+        args += extra
+    return args
+
+
+def command_preview(spec: ServerSpec, model_dir: str | None = None) -> str:
+    """The copyable shell form of the command, with API keys masked (they never reach a log or screen)."""
+    masked = replace(spec, api_keys=tuple("<API_KEY>" for _ in spec.api_keys))
+    words = ["lmdeploy", *cli_args(masked, model_dir or spec.model_path or "<model>")]
+    return shlex.join(words)
+
+
+def _fraction(value: float) -> str:
+    text = f"{float(value):.4f}".rstrip("0").rstrip(".")
+    return text or "0"

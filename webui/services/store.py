@@ -1,0 +1,199 @@
+"""One SQLite file in the state folder: servers, their events, and small console preferences."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS servers (
+    id TEXT PRIMARY KEY,
+    owned INTEGER NOT NULL,
+    spec_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    phase TEXT NOT NULL DEFAULT '',
+    base_url TEXT NOT NULL,
+    model_id TEXT NOT NULL DEFAULT '',
+    pid INTEGER,
+    create_time REAL,
+    log_path TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ready_at REAL,
+    ended_at REAL,
+    exit_code INTEGER,
+    hint TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    keep_running INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS prefs (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """One row of `servers`: an api_server the console started (owned) or attached to (observed)."""
+
+    id: str
+    owned: bool
+    spec_json: str
+    state: str
+    base_url: str
+    created_at: float
+    phase: str = ""
+    model_id: str = ""
+    pid: int | None = None
+    create_time: float | None = None
+    log_path: str = ""
+    started_at: float | None = None
+    ready_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    hint: str = ""
+    detail: str = ""
+    keep_running: bool = False
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json)
+
+
+_SERVER_COLUMNS = tuple(f.name for f in fields(ServerRecord))
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """Something worth a marker on a timeline: a server started, became ready, stopped, failed."""
+
+    id: int
+    at: float
+    source: str
+    kind: str
+    detail: str
+
+
+class Store:
+    """Thread-safe access to the console's SQLite file; app-scoped, shared by all services."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+        self._conn.row_factory = sqlite3.Row
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(SCHEMA)
+        try:
+            path.chmod(0o600)  # it holds API keys of the servers it started
+        except OSError:
+            pass
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # servers -------------------------------------------------------------------------------------
+    def insert_server(self, record: ServerRecord) -> None:
+        row = asdict(record)
+        cols = ", ".join(_SERVER_COLUMNS)
+        marks = ", ".join("?" for _ in _SERVER_COLUMNS)
+        with self._tx() as conn:
+            conn.execute(f"INSERT INTO servers ({cols}) VALUES ({marks})", [row[c] for c in _SERVER_COLUMNS])
+
+    def update_server(self, server_id: str, **changes: Any) -> ServerRecord:
+        unknown = set(changes) - set(_SERVER_COLUMNS) - {"id"}
+        if unknown:
+            raise KeyError(f"unknown server columns: {sorted(unknown)}")
+        if changes:
+            assignments = ", ".join(f"{k} = ?" for k in changes)
+            with self._tx() as conn:
+                cur = conn.execute(
+                    f"UPDATE servers SET {assignments} WHERE id = ?", [*changes.values(), server_id]
+                )
+                if cur.rowcount == 0:
+                    raise KeyError(server_id)
+        record = self.get_server(server_id)
+        if record is None:
+            raise KeyError(server_id)
+        return record
+
+    def get_server(self, server_id: str) -> ServerRecord | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM servers WHERE id = ?", (server_id,)).fetchone()
+        return _server_from_row(row) if row else None
+
+    def list_servers(self) -> list[ServerRecord]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM servers ORDER BY created_at DESC").fetchall()
+        return [_server_from_row(r) for r in rows]
+
+    def delete_server(self, server_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM servers WHERE id = ?", (server_id,))
+
+    # events --------------------------------------------------------------------------------------
+    def add_event(self, source: str, kind: str, detail: str = "", at: float | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO events (at, source, kind, detail) VALUES (?, ?, ?, ?)",
+                (time.time() if at is None else at, source, kind, detail),
+            )
+
+    def events(self, source: str | None = None, since: float = 0.0) -> list[EventRecord]:
+        query = "SELECT * FROM events WHERE at >= ?"
+        args: list[Any] = [since]
+        if source is not None:
+            query += " AND source = ?"
+            args.append(source)
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY at, id", args).fetchall()
+        return [EventRecord(**dict(r)) for r in rows]
+
+    # prefs ---------------------------------------------------------------------------------------
+    def get_pref(self, key: str, default: str = "") -> str:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM prefs WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else default
+
+    def set_pref(self, key: str, value: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO prefs (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+
+def _server_from_row(row: sqlite3.Row) -> ServerRecord:
+    data = dict(row)
+    data["owned"] = bool(data["owned"])
+    data["keep_running"] = bool(data["keep_running"])
+    return ServerRecord(**data)

@@ -1,0 +1,68 @@
+"""Frozen, validated settings for one console process."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def default_state_dir() -> Path:
+    """Per-user state folder: $LMDEPLOY_CONSOLE_STATE_DIR, else $XDG_STATE_HOME, else ~/.local/state."""
+    explicit = os.environ.get("LMDEPLOY_CONSOLE_STATE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser() / "lmdeploy-console"
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` only accepts connections from this machine."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the console needs to know at start; built once by the CLI and passed down."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth: tuple[tuple[str, str], ...] = ()
+    share: bool = False
+    state_dir: Path = field(default_factory=default_state_dir)
+    model_roots: tuple[Path, ...] = ()
+    lmdeploy_python: str = ""
+    keep_servers: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "console.sqlite3"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.state_dir / "outputs"
+
+    def exposure_problem(self) -> str | None:
+        """Why this configuration must not start, or None: the console spawns processes, so no open door."""
+        if self.auth:
+            return None
+        if self.share:
+            return "--share publishes the console on a public link; add --auth user:pass or --auth-file FILE."
+        if not is_loopback(self.host):
+            return (
+                f"--host {self.host} lets other machines reach the console, which starts processes; "
+                "add --auth user:pass or --auth-file FILE, or keep --host 127.0.0.1."
+            )
+        return None

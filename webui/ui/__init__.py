@@ -1,0 +1,1 @@
+"""Gradio layer: one <name>_tab.py per tab. Nothing here spawns processes or calls NVML or openai."""

@@ -1,0 +1,447 @@
+"""The Serve tab: a form for `lmdeploy serve api_server`, its command preview, and the servers it runs."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from webui.i18n.catalog import Catalog
+from webui.services.models import ModelInfo, ModelRoots, read_model_info
+from webui.services.serve import ServerManager, ServerSnapshot, normalize_base_url
+from webui.services.serve_spec import (
+    BACKENDS,
+    KV_POLICIES,
+    MODEL_FORMATS,
+    TOOL_CALL_PARSERS,
+    FieldError,
+    ServerSpec,
+)
+
+LOG_LINES = 200
+
+
+def locale_of(request: gr.Request | None) -> str:
+    headers = getattr(request, "headers", None) or {}
+    return Catalog.locale_from_header(headers.get("accept-language"))
+
+
+def _int(value: object, default: int = 0) -> int:
+    """Gradio reports a cleared Number as None; the spec wants 0 for "let LMDeploy decide"."""
+    if value is None or value == "":
+        return default
+    try:
+        return int(float(str(value)))
+    except ValueError:
+        return default
+
+
+@dataclass
+class ServeForm:
+    """The form's components in ServerSpec field order, so handlers take them by name, not by position."""
+
+    model_path: gr.Dropdown
+    backend: gr.Radio
+    model_format: gr.Dropdown
+    kv_policy: gr.Dropdown
+    cache_max_entry_count: gr.Slider
+    session_len: gr.Number
+    max_batch_size: gr.Number
+    tp: gr.Number
+    port: gr.Number
+    host: gr.Textbox
+    model_name: gr.Textbox
+    api_keys: gr.Textbox
+    tool_call_parser: gr.Dropdown
+    eager_mode: gr.Checkbox
+    extra_args: gr.Textbox
+
+    def inputs(self) -> list[gr.components.Component]:
+        return list(self.__dict__.values())
+
+
+class ServeHandlers:
+    """Event handlers of the Serve tab; they read and command the ServerManager and never touch processes."""
+
+    def __init__(self, manager: ServerManager, roots: ModelRoots, catalog: Catalog) -> None:
+        self.manager = manager
+        self.roots = roots
+        self.catalog = catalog
+
+    # form ----------------------------------------------------------------------------------------
+    def spec_from_form(
+        self, model_path: str | None, backend: str, model_format: str, kv_policy: str,
+        cache_max_entry_count: float, session_len: float | None, max_batch_size: float | None,
+        tp: float | None, port: float | None, host: str, model_name: str, api_keys: str,
+        tool_call_parser: str | None, eager_mode: bool, extra_args: str,
+    ) -> ServerSpec:
+        return ServerSpec(
+            model_path=(model_path or "").strip(),
+            backend=backend,
+            model_format=model_format,
+            kv_policy=kv_policy,
+            cache_max_entry_count=float(cache_max_entry_count or 0.0),
+            session_len=_int(session_len),
+            max_batch_size=_int(max_batch_size),
+            tp=_int(tp, 1),
+            port=_int(port),
+            host=(host or "127.0.0.1").strip(),
+            model_name=model_name or "",
+            api_keys=tuple((api_keys or "").replace(",", " ").split()),
+            tool_call_parser=tool_call_parser or "",
+            eager_mode=bool(eager_mode),
+            extra_args=extra_args or "",
+        )
+
+    def format_errors(self, errors: list[FieldError] | tuple[FieldError, ...], locale: str) -> str:
+        lines = []
+        for err in errors:
+            field = self.catalog.text(f"serve.{err.field}.label", locale)
+            lines.append(f"- **{field}**: {self.catalog.text(err.key, locale, **err.params)}")
+        heading = self.catalog.text("serve.msg.errors_heading", locale)
+        return f"**{heading}**\n\n" + "\n".join(lines)
+
+    def preview_command(
+        self, model_path: str | None, backend: str, model_format: str, kv_policy: str,
+        cache_max_entry_count: float, session_len: float | None, max_batch_size: float | None,
+        tp: float | None, port: float | None, host: str, model_name: str, api_keys: str,
+        tool_call_parser: str | None, eager_mode: bool, extra_args: str, request: gr.Request,
+    ) -> tuple[str, str]:
+        """The exact command (keys masked) and what is wrong with the form right now."""
+        spec = self.spec_from_form(model_path, backend, model_format, kv_policy, cache_max_entry_count,
+                                   session_len, max_batch_size, tp, port, host, model_name, api_keys,
+                                   tool_call_parser, eager_mode, extra_args)
+        locale = locale_of(request)
+        checked = self.manager.check(spec)
+        status = self.format_errors(checked, locale) if isinstance(checked, list) else (
+            "✅ " + self.catalog.text("serve.msg.ready_to_start", locale)
+        )
+        return self.manager.preview(spec), status
+
+    def refresh_models(self, current: str | None) -> gr.Dropdown:
+        choices = [str(p) for p in self.roots.discover()]
+        return gr.Dropdown(choices=choices, value=current or (choices[0] if choices else None))
+
+    def suggest_parser(self, model_path: str | None, current: str | None, request: gr.Request) -> gr.Dropdown:
+        """Fill the parser from the model's architecture when the user has not picked one."""
+        resolved = self.roots.resolve(model_path or "")
+        info = read_model_info(resolved) if isinstance(resolved, Path) else None
+        suggestion = info.suggested_parser if isinstance(info, ModelInfo) else ""
+        info_text = self.catalog.text("serve.tool_call_parser.info", locale_of(request))
+        if suggestion:
+            info_text += " " + self.catalog.text("serve.msg.parser_suggested", locale_of(request), parser=suggestion)
+        return gr.Dropdown(value=current or suggestion or "", info=info_text)
+
+    # actions -------------------------------------------------------------------------------------
+    def start_server(
+        self, model_path: str | None, backend: str, model_format: str, kv_policy: str,
+        cache_max_entry_count: float, session_len: float | None, max_batch_size: float | None,
+        tp: float | None, port: float | None, host: str, model_name: str, api_keys: str,
+        tool_call_parser: str | None, eager_mode: bool, extra_args: str, request: gr.Request,
+    ) -> tuple[str, gr.Dropdown, int]:
+        """Start an api_server; returns a message, the selected server and a fresh free port for the next one."""
+        spec = self.spec_from_form(model_path, backend, model_format, kv_policy, cache_max_entry_count,
+                                   session_len, max_batch_size, tp, port, host, model_name, api_keys,
+                                   tool_call_parser, eager_mode, extra_args)
+        locale = locale_of(request)
+        outcome = self.manager.start(spec)
+        if outcome.server is None:
+            return self.format_errors(outcome.errors, locale), gr.Dropdown(), _int(port)
+        msg = self.catalog.text("serve.msg.started", locale, id=outcome.server.id, url=outcome.server.base_url)
+        return msg, self._server_choices(outcome.server.id), self.manager.suggest_port()
+
+    def stop_server(self, server_id: str | None, request: gr.Request) -> str:
+        locale = locale_of(request)
+        if not server_id:
+            return self.catalog.text("serve.msg.no_selection", locale)
+        try:
+            snap = self.manager.stop(server_id)
+        except KeyError:
+            return self.catalog.text("errors.unknown_server", locale, id=server_id)
+        return self.catalog.text("serve.msg.stopped", locale, id=snap.id, detail=snap.detail)
+
+    def restart_server(self, server_id: str | None, request: gr.Request) -> str:
+        locale = locale_of(request)
+        if not server_id:
+            return self.catalog.text("serve.msg.no_selection", locale)
+        try:
+            outcome = self.manager.restart(server_id)
+        except KeyError:
+            return self.catalog.text("errors.unknown_server", locale, id=server_id)
+        except ValueError:
+            return self.catalog.text("errors.not_owned", locale)
+        if outcome.errors:
+            return self.format_errors(outcome.errors, locale)
+        return self.catalog.text("serve.msg.restarted", locale, id=server_id)
+
+    def attach_server(self, base_url: str, api_key: str, request: gr.Request) -> tuple[str, gr.Dropdown]:
+        locale = locale_of(request)
+        try:
+            url = normalize_base_url(base_url)
+        except ValueError:
+            return self.catalog.text("errors.bad_url", locale, url=base_url), gr.Dropdown()
+        snap = self.manager.attach(url, api_key.strip())
+        msg = self.catalog.text("serve.msg.attached", locale, id=snap.id, url=snap.base_url,
+                                state=self.catalog.text(f"serve.state.{snap.state}", locale))
+        return msg, self._server_choices(snap.id)
+
+    def set_active_server(self, server_id: str | None, request: gr.Request) -> str:
+        locale = locale_of(request)
+        if not server_id:
+            return self.catalog.text("serve.msg.no_selection", locale)
+        try:
+            snap = self.manager.set_active(server_id)
+        except KeyError:
+            return self.catalog.text("errors.unknown_server", locale, id=server_id)
+        return self.catalog.text("serve.msg.active", locale, id=snap.id, url=snap.base_url)
+
+    def remove_server(self, server_id: str | None, request: gr.Request) -> tuple[str, gr.Dropdown]:
+        locale = locale_of(request)
+        if not server_id:
+            return self.catalog.text("serve.msg.no_selection", locale), gr.Dropdown()
+        try:
+            self.manager.forget(server_id)
+        except KeyError:
+            return self.catalog.text("errors.unknown_server", locale, id=server_id), gr.Dropdown()
+        except ValueError:
+            return self.catalog.text("errors.stop_first", locale), gr.Dropdown()
+        return self.catalog.text("serve.msg.removed", locale, id=server_id), self._server_choices(None)
+
+    # views ---------------------------------------------------------------------------------------
+    def list_servers(self, request: gr.Request) -> pd.DataFrame:
+        """Every server with state, model, config and uptime (the active one marked ★)."""
+        locale = locale_of(request)
+        t = self.catalog.text
+        rows = []
+        for s in self.manager.list():
+            config = (
+                f"{s.backend} · KV {s.kv_policy} · {s.cache_max_entry_count:g} · tp {s.tp}"
+                if s.owned else t("serve.msg.attached_config", locale)
+            )
+            rows.append({
+                t("serve.col.active", locale): "★" if s.active else "",
+                t("serve.col.id", locale): s.id,
+                t("serve.col.state", locale): t(f"serve.state.{s.state}", locale),
+                t("serve.col.model", locale): s.model_id or s.model_path,
+                t("serve.col.url", locale): s.base_url,
+                t("serve.col.config", locale): config,
+                t("serve.col.uptime", locale): _duration(s.uptime_seconds),
+            })
+        columns = [t(f"serve.col.{c}", locale) for c in ("active", "id", "state", "model", "url", "config", "uptime")]
+        return pd.DataFrame(rows, columns=columns)
+
+    def server_log(self, server_id: str | None) -> str:
+        """The last lines of the server's log (ANSI colours and progress-bar redraws removed)."""
+        if not server_id:
+            return ""
+        return "\n".join(self.manager.log(server_id, LOG_LINES))
+
+    def server_detail(self, server_id: str | None, request: gr.Request) -> str:
+        locale = locale_of(request)
+        snap = self.manager.get(server_id) if server_id else None
+        if snap is None:
+            return self.catalog.text("serve.msg.no_selection", locale)
+        return self._detail_markdown(snap, locale)
+
+    def refresh(self, server_id: str | None, request: gr.Request) -> tuple[pd.DataFrame, gr.Dropdown, str, str]:
+        """Timer tick: table, server choices, detail and log, all read from snapshots."""
+        return (
+            self.list_servers(request),
+            self._server_choices(server_id),
+            self.server_detail(server_id, request),
+            self.server_log(server_id),
+        )
+
+    def pick_from_table(self, table: pd.DataFrame, evt: gr.SelectData) -> str | None:
+        """Clicking a row selects that server."""
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        try:
+            return str(table.iloc[int(row), 1])
+        except (IndexError, ValueError, TypeError):
+            return None
+
+    def load_page(self, server_id: str | None, request: gr.Request) -> tuple[
+        gr.Dropdown, int, pd.DataFrame, gr.Dropdown, str, str
+    ]:
+        """demo.load: models, a free port and the current servers, so a reload shows the truth."""
+        active = self.manager.active()
+        selected = server_id or (active.id if active else None)
+        if selected is None:
+            servers = self.manager.list()
+            selected = servers[0].id if servers else None
+        table, choices, detail, log = self.refresh(selected, request)
+        return self.refresh_models(None), self.manager.suggest_port(), table, choices, detail, log
+
+    # scripting -----------------------------------------------------------------------------------
+    def list_servers_api(self) -> list[dict]:
+        """Every server as a JSON object (state, model id, base URL, timings, hint); API keys never included."""
+        return [s.as_dict() for s in self.manager.list()]
+
+    def server_log_api(self, server_id: str, lines: int = LOG_LINES) -> str:
+        """The last `lines` lines of a server's log."""
+        return "\n".join(self.manager.log(server_id, max(1, min(int(lines), 5000))))
+
+    # helpers -------------------------------------------------------------------------------------
+    def _server_choices(self, selected: str | None) -> gr.Dropdown:
+        servers = self.manager.list()
+        choices = [(f"{s.id} · {s.state} · {s.model_id or s.base_url}", s.id) for s in servers]
+        ids = {s.id for s in servers}
+        value = selected if selected in ids else (servers[0].id if servers else None)
+        return gr.Dropdown(choices=choices, value=value)
+
+    def _detail_markdown(self, s: ServerSnapshot, locale: str) -> str:
+        t = self.catalog.text
+        state = t(f"serve.state.{s.state}", locale)
+        lines = [f"### <span class='state state-{s.state.lower()}'>{state}</span> `{s.id}`"
+                 + (" ★" if s.active else "")]
+        if s.state == "STARTING":
+            phase = t(f"serve.phase.{s.phase}", locale)
+            pct = int(round(s.progress * 100))
+            lines.append(f"{t('serve.detail.phase', locale)}: **{phase}** "
+                         f"<progress value='{pct}' max='100'></progress> {pct}%")
+        lines.append(f"- {t('serve.detail.base_url', locale)}: `{s.base_url}/v1`")
+        if s.model_id:
+            lines.append(f"- {t('serve.detail.model_id', locale)}: `{s.model_id}`")
+        if s.ready_seconds is not None:
+            lines.append(f"- {t('serve.detail.ready_in', locale)}: {s.ready_seconds:.1f} s")
+        if s.uptime_seconds is not None and s.state in ("STARTING", "READY", "UNREACHABLE"):
+            lines.append(f"- {t('serve.detail.uptime', locale)}: {_duration(s.uptime_seconds)}")
+        if s.gpu_blocks:
+            lines.append(f"- {t('serve.detail.kv_blocks', locale)}: {s.gpu_blocks:,}")
+        if s.has_api_key:
+            lines.append(f"- {t('serve.detail.api_key', locale)}")
+        if s.exit_code is not None:
+            lines.append(f"- {t('serve.detail.exit_code', locale)}: {s.exit_code}")
+        if s.state in ("FAILED", "LOST"):
+            hint_key = s.hint or "hints.unknown"
+            lines.append(f"\n> **{t('serve.detail.hint', locale)}**: {t(hint_key, locale)}")
+            if s.hint_line:
+                lines.append(f">\n> `{html.escape(s.hint_line)}`")
+        if s.detail:
+            lines.append(f"- {html.escape(s.detail)}")
+        if s.command:
+            lines.append(f"\n```bash\n{s.command}\n```")
+        return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> None:
+    """Lay out the Serve tab inside the current Blocks and wire its events."""
+    default = handlers.manager.default_spec()
+    with gr.Row():
+        with gr.Column(scale=5):
+            gr.Markdown(i18n("serve.form_heading"))
+            with gr.Row():
+                model_path = gr.Dropdown(
+                    label=i18n("serve.model_path.label"), info=i18n("serve.model_path.info"),
+                    choices=[], value=None, allow_custom_value=True, filterable=True, scale=5,
+                    elem_id="serve-model-path",
+                )
+                refresh_models = gr.Button(i18n("serve.refresh_models"), scale=1, size="sm")
+            with gr.Row():
+                backend = gr.Radio(list(BACKENDS), value=default.backend, label=i18n("serve.backend.label"),
+                                   info=i18n("serve.backend.info"))
+                model_format = gr.Dropdown(list(MODEL_FORMATS), value=default.model_format,
+                                           label=i18n("serve.model_format.label"),
+                                           info=i18n("serve.model_format.info"))
+            with gr.Row():
+                kv_policy = gr.Dropdown(
+                    [(f"{name} ({num})", name) for name, num in KV_POLICIES.items()], value=default.kv_policy,
+                    label=i18n("serve.kv_policy.label"), info=i18n("serve.kv_policy.info"),
+                )
+                cache_fraction = gr.Slider(
+                    0.05, 0.95, value=default.cache_max_entry_count, step=0.05,
+                    label=i18n("serve.cache_max_entry_count.label"),
+                    info=i18n("serve.cache_max_entry_count.info"),
+                )
+            with gr.Row():
+                port = gr.Number(value=default.port, precision=0, label=i18n("serve.port.label"),
+                                 info=i18n("serve.port.info"), elem_id="serve-port")
+                tp = gr.Number(value=1, precision=0, minimum=1, label=i18n("serve.tp.label"),
+                               info=i18n("serve.tp.info"))
+                tool_call_parser = gr.Dropdown(
+                    ["", *TOOL_CALL_PARSERS], value="", label=i18n("serve.tool_call_parser.label"),
+                    info=i18n("serve.tool_call_parser.info"),
+                )
+            with gr.Accordion(i18n("serve.advanced"), open=False):
+                with gr.Row():
+                    session_len = gr.Number(value=0, precision=0, minimum=0, label=i18n("serve.session_len.label"),
+                                            info=i18n("serve.session_len.info"))
+                    max_batch_size = gr.Number(value=0, precision=0, minimum=0,
+                                               label=i18n("serve.max_batch_size.label"),
+                                               info=i18n("serve.max_batch_size.info"))
+                    eager_mode = gr.Checkbox(False, label=i18n("serve.eager_mode.label"),
+                                             info=i18n("serve.eager_mode.info"))
+                with gr.Row():
+                    model_name = gr.Textbox(label=i18n("serve.model_name.label"), info=i18n("serve.model_name.info"))
+                    api_keys = gr.Textbox(label=i18n("serve.api_keys.label"), info=i18n("serve.api_keys.info"),
+                                          type="password")
+                    host = gr.Textbox(value=default.host, label=i18n("serve.host.label"), info=i18n("serve.host.info"))
+                extra_args = gr.Textbox(label=i18n("serve.extra_args.label"), info=i18n("serve.extra_args.info"),
+                                        placeholder=i18n("serve.extra_args.placeholder"), elem_id="serve-extra-args")
+            command = gr.Code(label=i18n("serve.command.label"), language="shell", interactive=False,
+                              elem_id="serve-command")
+            form_status = gr.Markdown(elem_id="serve-form-status")
+            with gr.Row():
+                start = gr.Button(i18n("serve.start_button"), variant="primary", elem_id="serve-start")
+        with gr.Column(scale=6):
+            gr.Markdown(i18n("serve.servers_heading"))
+            servers_table = gr.Dataframe(interactive=False, wrap=True, elem_id="serve-servers")
+            with gr.Row():
+                selected = gr.Dropdown(label=i18n("serve.selected.label"), choices=[], scale=3,
+                                       elem_id="serve-selected")
+                stop = gr.Button(i18n("serve.stop_button"), variant="stop", elem_id="serve-stop", scale=1)
+                restart = gr.Button(i18n("serve.restart_button"), scale=1)
+                make_active = gr.Button(i18n("serve.active_button"), scale=1)
+                remove = gr.Button(i18n("serve.remove_button"), scale=1, size="sm")
+            message = gr.Markdown(elem_id="serve-message")
+            detail = gr.Markdown(elem_id="serve-detail")
+            log = gr.Textbox(label=i18n("serve.log.label"), lines=14, max_lines=14, autoscroll=True,
+                             interactive=False, elem_id="serve-log")
+            with gr.Accordion(i18n("serve.attach.heading"), open=False):
+                with gr.Row():
+                    attach_url = gr.Textbox(label=i18n("serve.attach_url.label"),
+                                            placeholder="http://127.0.0.1:23333", scale=3)
+                    attach_key = gr.Textbox(label=i18n("serve.attach_key.label"), type="password", scale=2)
+                    attach = gr.Button(i18n("serve.attach_button"), scale=1)
+
+    form = ServeForm(model_path, backend, model_format, kv_policy, cache_fraction, session_len, max_batch_size,
+                     tp, port, host, model_name, api_keys, tool_call_parser, eager_mode, extra_args)
+    timer = gr.Timer(1.0)
+    quiet = {"show_progress": "hidden", "concurrency_limit": None}
+
+    gr.on([c.change for c in form.inputs()], handlers.preview_command, form.inputs(), [command, form_status],
+          api_name="preview_command", **quiet)
+    model_path.change(handlers.suggest_parser, [model_path, tool_call_parser], tool_call_parser,
+                      api_visibility="private", **quiet)
+    refresh_models.click(handlers.refresh_models, model_path, model_path, api_name="refresh_models")
+    start.click(handlers.start_server, form.inputs(), [message, selected, port], api_name="start_server",
+                concurrency_id="server_control")
+    stop.click(handlers.stop_server, selected, message, api_name="stop_server", concurrency_id="server_control")
+    restart.click(handlers.restart_server, selected, message, api_name="restart_server",
+                  concurrency_id="server_control")
+    make_active.click(handlers.set_active_server, selected, message, api_name="set_active_server")
+    remove.click(handlers.remove_server, selected, [message, selected], api_name="remove_server")
+    attach.click(handlers.attach_server, [attach_url, attach_key], [message, selected], api_name="attach_server")
+    servers_table.select(handlers.pick_from_table, servers_table, selected, api_visibility="private")
+    selected.change(handlers.server_detail, selected, detail, api_visibility="private", **quiet)
+    timer.tick(handlers.refresh, selected, [servers_table, selected, detail, log],
+               api_visibility="private", **quiet)
+    demo.load(handlers.load_page, selected, [model_path, port, servers_table, selected, detail, log],
+              api_visibility="private")
+    # JSON read endpoints for scripts (gradio_client), independent of what the page shows.
+    gr.api(handlers.list_servers_api, api_name="list_servers")
+    gr.api(handlers.server_log_api, api_name="server_log")

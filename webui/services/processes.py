@@ -115,13 +115,12 @@ class ProcessSupervisor:
             self._reap(handle.pid)
             return StopReport(seconds=0.0, killed=False, pids=())
         self._signal_all(handle.pid, procs, signal.SIGTERM)
-        gone, alive = psutil.wait_procs(procs, timeout=grace_s, callback=None)
+        alive = self._wait_gone(handle.pid, procs, grace_s)
         killed = False
         if alive:
             killed = True
             self._signal_all(handle.pid, alive, signal.SIGKILL)
-            psutil.wait_procs(alive, timeout=5)
-        self._reap(handle.pid)
+            self._wait_gone(handle.pid, alive, 5.0)
         return StopReport(seconds=time.monotonic() - started, killed=killed, pids=pids)
 
     def _signal_all(self, leader: int, procs: list[psutil.Process], sig: signal.Signals) -> None:
@@ -136,7 +135,24 @@ class ProcessSupervisor:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
 
+    def _wait_gone(self, leader: int, procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+        """Wait until every process has exited; a zombie counts as gone (its parent may be a dead console)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._reap(leader)
+            alive = [p for p in procs if _running(p)]
+            if not alive or time.monotonic() >= deadline:
+                return alive
+            time.sleep(0.02)
+
     def _reap(self, pid: int) -> None:
         proc = self._popen.get(pid)
         if proc is not None:
             proc.poll()
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False

@@ -147,6 +147,8 @@ def split_extra_args(text: str) -> list[str] | FieldError:
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on host:port (bind test, so a refused connect is not mistaken for free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn does: a port whose last connection lingers in TIME_WAIT is free for a new server.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("0.0.0.0" if host in ("0.0.0.0", "") else host, port))
         except OSError:

@@ -1,0 +1,171 @@
+"""Server spec checks and argv building: every bad input is refused with a message that names the field."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from webui.services.models import ModelRoots, read_model_info
+from webui.services.serve_spec import (
+    CheckedSpec,
+    FieldError,
+    ServerSpec,
+    build_argv,
+    check_spec,
+    cli_args,
+    command_preview,
+    split_extra_args,
+    suggest_port,
+)
+
+
+def free_port() -> int:
+    return suggest_port(30000)
+
+
+@pytest.fixture
+def roots(model_root: Path) -> ModelRoots:
+    return ModelRoots([model_root])
+
+
+@pytest.fixture
+def good(model_root: Path) -> ServerSpec:
+    return ServerSpec(model_path=str(model_root / "tiny llama; echo pwned"), backend="pytorch", port=free_port())
+
+
+def errors_of(spec: ServerSpec, roots: ModelRoots, gpus: int | None = 1) -> dict[str, str]:
+    result = check_spec(spec, roots, gpus)
+    assert isinstance(result, list), "expected the spec to be refused"
+    return {e.field: e.key for e in result}
+
+
+def test_good_spec_passes_and_keeps_odd_path_as_one_argument(good: ServerSpec, roots: ModelRoots) -> None:
+    checked = check_spec(good, roots, gpu_count=1)
+    assert isinstance(checked, CheckedSpec)
+    argv = build_argv(checked, sys.executable)
+    assert argv[:5] == [sys.executable, "-m", "lmdeploy", "serve", "api_server"]
+    assert argv[5] == str(checked.model_dir)  # the real folder, one argv element
+    assert "--server-name" in argv and argv[argv.index("--server-name") + 1] == "127.0.0.1"
+    assert argv[argv.index("--log-level") + 1] == "INFO"
+    assert argv[argv.index("--cache-max-entry-count") + 1] == "0.8"
+
+
+def test_preview_round_trips_through_a_shell_split(good: ServerSpec) -> None:
+    spec = replace(good, model_path="/models/my model; rm -rf ~", api_keys=("sk-secret",),
+                   kv_policy="int4", tool_call_parser="qwen", extra_args="--enable-prefix-caching")
+    preview = command_preview(spec)
+    assert "sk-secret" not in preview
+    words = shlex.split(preview)
+    assert words[:4] == ["lmdeploy", "serve", "api_server", "/models/my model; rm -rf ~"]
+    assert words[words.index("--quant-policy") + 1] == "4"
+    assert words[words.index("--api-keys") + 1] == "<API_KEY>"
+    assert words[-1] == "--enable-prefix-caching"
+    assert cli_args(spec, spec.model_path)[cli_args(spec, spec.model_path).index("--api-keys") + 1] == "sk-secret"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "key"),
+    [
+        ({"model_path": ""}, "model_path", "errors.model_required"),
+        ({"backend": "vllm"}, "backend", "errors.choice"),
+        ({"model_format": "gguf"}, "model_format", "errors.choice"),
+        ({"kv_policy": "int2"}, "kv_policy", "errors.choice"),
+        ({"kv_policy": "fp8", "backend": "turbomind"}, "kv_policy", "errors.fp8_needs_pytorch"),
+        ({"cache_max_entry_count": 0.0}, "cache_max_entry_count", "errors.fraction_range"),
+        ({"cache_max_entry_count": 1.0}, "cache_max_entry_count", "errors.fraction_range"),
+        ({"cache_max_entry_count": 80.0}, "cache_max_entry_count", "errors.fraction_range"),
+        ({"session_len": -1}, "session_len", "errors.int_range"),
+        ({"session_len": 10**12}, "session_len", "errors.int_range"),
+        ({"max_batch_size": 10**9}, "max_batch_size", "errors.int_range"),
+        ({"tp": 3}, "tp", "errors.tp_power_of_two"),
+        ({"tp": 0}, "tp", "errors.tp_power_of_two"),
+        ({"tp": 2}, "tp", "errors.tp_too_large"),
+        ({"port": 80}, "port", "errors.port_range"),
+        ({"port": 70000}, "port", "errors.port_range"),
+        ({"host": "0.0.0.0"}, "host", "errors.server_open_without_key"),
+        ({"tool_call_parser": "hermes"}, "tool_call_parser", "errors.choice"),
+        ({"model_name": " spaced "}, "model_name", "errors.model_name_space"),
+        ({"extra_args": "--chat-template 'unclosed"}, "extra_args", "errors.extra_unparsable"),
+        ({"extra_args": "--tp 2"}, "extra_args", "errors.extra_form_flag"),
+        ({"extra_args": "--no-such-flag"}, "extra_args", "errors.extra_unknown_flag"),
+        ({"extra_args": "rm -rf /"}, "extra_args", "errors.extra_not_flag"),
+        ({"extra_args": "--dtype"}, "extra_args", "errors.extra_needs_value"),
+        ({"extra_args": "--ssl=yes"}, "extra_args", "errors.extra_no_value"),
+    ],
+)
+def test_bad_fields_are_named(good: ServerSpec, roots: ModelRoots, change: dict, field: str, key: str) -> None:
+    assert errors_of(replace(good, **change), roots).get(field) == key
+
+
+def test_open_host_is_allowed_with_a_key(good: ServerSpec, roots: ModelRoots) -> None:
+    assert isinstance(check_spec(replace(good, host="0.0.0.0", api_keys=("k1",)), roots, 1), CheckedSpec)
+
+
+def test_tp_is_only_shape_checked_without_nvml(good: ServerSpec, roots: ModelRoots) -> None:
+    assert isinstance(check_spec(replace(good, tp=4), roots, None), CheckedSpec)
+    assert errors_of(replace(good, tp=2), roots, gpus=0) == {"tp": "errors.tp_too_large"}
+
+
+def test_model_paths_outside_roots_are_refused(tmp_path: Path, good: ServerSpec, roots: ModelRoots,
+                                               model_root: Path, tiny_model_dir: Path) -> None:
+    escape = str(model_root / ".." / ".." / "elsewhere")
+    assert errors_of(replace(good, model_path=escape), roots)["model_path"] == "errors.path_outside_roots"
+    outside = tmp_path / "outside-model"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    (model_root / "sneaky").symlink_to(outside)
+    assert errors_of(replace(good, model_path=str(model_root / "sneaky")), roots)["model_path"] == (
+        "errors.path_outside_roots"
+    )
+    assert errors_of(replace(good, model_path=str(model_root / "nope")), roots)["model_path"] == "errors.model_missing"
+    (model_root / "empty").mkdir()
+    assert errors_of(replace(good, model_path=str(model_root / "empty")), roots)["model_path"] == (
+        "errors.model_no_config"
+    )
+    (model_root / "file.bin").write_text("x")
+    assert errors_of(replace(good, model_path=str(model_root / "file.bin")), roots)["model_path"] == (
+        "errors.model_not_folder"
+    )
+    broken = model_root / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    assert errors_of(replace(good, model_path=str(broken)), roots)["model_path"] == "errors.model_bad_config"
+
+
+def test_port_in_use_is_refused(good: ServerSpec, roots: ModelRoots) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        assert errors_of(replace(good, port=busy), roots)["port"] == "errors.port_in_use"
+        assert suggest_port(busy) != busy
+    result = check_spec(good, roots, 1, ports_claimed={good.port})
+    assert isinstance(result, list) and result[0] == FieldError("port", "errors.port_claimed", {"port": str(good.port)})
+
+
+def test_extra_args_pass_through_intact() -> None:
+    assert split_extra_args("--enable-prefix-caching --allow-origins a b --dtype=float16 --chat-template '/x y.json'") == [
+        "--enable-prefix-caching", "--allow-origins", "a", "b", "--dtype=float16", "--chat-template", "/x y.json",
+    ]
+    assert split_extra_args("") == []
+
+
+def test_discovery_and_parser_suggestion(roots: ModelRoots, model_root: Path, tiny_model_dir: Path) -> None:
+    (model_root / "notes").mkdir()
+    (model_root / "notes" / "config.json").write_text("{}")  # a config without weights is not a model
+    found = roots.discover()
+    assert found == [(model_root / "tiny llama; echo pwned").resolve()]
+    info = read_model_info(found[0])
+    assert info.architecture == "LlamaForCausalLM"
+    assert info.suggested_parser == "llama3"
+
+
+def test_spec_json_round_trip(good: ServerSpec) -> None:
+    spec = replace(good, api_keys=("a", "b"))
+    assert ServerSpec.from_json_dict(spec.to_json_dict()) == spec
+    assert ServerSpec.from_json_dict({**spec.to_json_dict(), "future_field": 1}) == spec

@@ -149,7 +149,8 @@ def test_port_in_use_is_refused(good: ServerSpec, roots: ModelRoots) -> None:
 
 
 def test_extra_args_pass_through_intact() -> None:
-    assert split_extra_args("--enable-prefix-caching --allow-origins a b --dtype=float16 --chat-template '/x y.json'") == [
+    text = "--enable-prefix-caching --allow-origins a b --dtype=float16 --chat-template '/x y.json'"
+    assert split_extra_args(text) == [
         "--enable-prefix-caching", "--allow-origins", "a", "b", "--dtype=float16", "--chat-template", "/x y.json",
     ]
     assert split_extra_args("") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 import threading
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_bad_updates_change_nothing(tmp_path: Path) -> None:
         store.update_server("a", no_such_column=1)
     with pytest.raises(KeyError):
         store.update_server("missing", state="READY")
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError):
         store.insert_server(record("a", 5.0))  # duplicate id: the stored row stays as it was
     assert store.get_server("a").created_at == 1.0
     store.delete_server("a")

@@ -63,8 +63,9 @@ You are a helpful assistant.<|im_end|>
 def build_tiny_model(out: Path, arch: str = "llama", layers: int = 4) -> Path:
     """Write config.json, model.safetensors, tokenizer files and a chat template into `out`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
     from pydoc_data.topics import topics
+
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import (
         GenerationConfig,

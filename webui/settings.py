@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 def default_state_dir() -> Path:

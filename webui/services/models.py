@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", ".git", "logs"}
+SKIP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", ".git", "logs"})
 MAX_SCAN_DEPTH = 3
 MAX_SCAN_DIRS = 4000
 

@@ -50,7 +50,7 @@ class ServerState(str, enum.Enum):
     LOST = "LOST"
 
 
-LIVE_STATES = {ServerState.STARTING, ServerState.READY, ServerState.UNREACHABLE, ServerState.STOPPING}
+LIVE_STATES = frozenset({ServerState.STARTING, ServerState.READY, ServerState.UNREACHABLE, ServerState.STOPPING})
 
 
 @dataclass(frozen=True)

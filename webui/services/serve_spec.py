@@ -15,7 +15,7 @@ BACKENDS = ("turbomind", "pytorch")
 MODEL_FORMATS = ("auto", "hf", "awq", "gptq")
 # label value -> LMDeploy's --quant-policy number
 KV_POLICIES = {"none": 0, "int8": 8, "int4": 4, "fp8": 16, "fp8_e5m2": 17}
-PYTORCH_ONLY_POLICIES = {"fp8", "fp8_e5m2"}
+PYTORCH_ONLY_POLICIES = frozenset({"fp8", "fp8_e5m2"})
 TOOL_CALL_PARSERS = (
     "internlm", "intern-s1", "interns2-preview", "qwen", "qwen2d5", "qwen3", "qwen3coder", "llama3",
     "glm47", "deepseek-v32", "deepseek-v4", "kimi_k2", "kimi-k2",
@@ -26,11 +26,11 @@ MAX_BATCH_SIZE = 65_536
 MAX_TP = 64
 
 # Flags the form owns: typing them again in "extra arguments" would fight the form.
-FORM_FLAGS = {
+FORM_FLAGS = frozenset({
     "--server-name", "--server-port", "--backend", "--model-format", "--quant-policy",
     "--cache-max-entry-count", "--session-len", "--max-batch-size", "--tp", "--model-name", "--api-keys",
     "--tool-call-parser", "--eager-mode", "--log-level",
-}
+})
 # Other `lmdeploy serve api_server` options (0.18.0 --help) that may be passed through, with whether
 # they take a value. Anything else is refused before a process is started.
 EXTRA_FLAGS: dict[str, bool] = {

@@ -1,0 +1,71 @@
+"""Launch options: safe defaults, and refusals with a clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from webui.cli import OptionError, build_parser, settings_from_args
+
+
+def run_console(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    return subprocess.run([sys.executable, "-m", "webui", "--state-dir", str(tmp_path / "state"), *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--host", "0.0.0.0"], "--auth"),
+        (["--host", "192.168.1.5"], "--auth"),
+        (["--share"], "public link"),
+        (["--auth", "nopassword"], "USER:PASS"),
+        (["--port", "0"], "--port"),
+        (["--model-root", "/no/such/folder"], "--model-root"),
+        (["--auth-file", "/no/such/file"], "--auth-file"),
+    ],
+)
+def test_unsafe_or_bad_options_exit_non_zero(tmp_path: Path, args: list[str], needle: str) -> None:
+    result = run_console(*args, tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert not (tmp_path / "state" / "console.sqlite3").exists()  # refused before anything was created
+
+
+def test_defaults_are_loopback_and_per_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("LMDEPLOY_CONSOLE_STATE_DIR", raising=False)
+    settings = settings_from_args(build_parser().parse_args([]))
+    assert settings.host == "127.0.0.1" and settings.port == 7860
+    assert settings.state_dir == (tmp_path / "xdg" / "lmdeploy-console").resolve()
+    assert settings.model_roots == (settings.state_dir,)
+    assert settings.exposure_problem() is None
+
+
+def test_open_host_is_accepted_with_auth(tmp_path: Path) -> None:
+    auth_file = tmp_path / "users"
+    auth_file.write_text("# team\nalice:s3cret\nbob:pa:ss\n")
+    args = build_parser().parse_args(["--host", "0.0.0.0", "--share", "--auth-file", str(auth_file),
+                                      "--model-root", str(tmp_path)])
+    settings = settings_from_args(args)
+    assert settings.auth == (("alice", "s3cret"), ("bob", "pa:ss"))
+    assert settings.model_roots == (tmp_path.resolve(),)
+
+
+def test_option_error_messages_name_the_option() -> None:
+    with pytest.raises(OptionError, match="--host 10.0.0.1"):
+        settings_from_args(build_parser().parse_args(["--host", "10.0.0.1"]))
+
+
+def test_help_answers_without_building_anything(tmp_path: Path) -> None:
+    result = run_console("--help", tmp_path=tmp_path)
+    assert result.returncode == 0
+    for option in ("--host", "--port", "--auth", "--auth-file", "--share", "--state-dir", "--model-root",
+                   "--lmdeploy-python", "--keep-servers"):
+        assert option in result.stdout

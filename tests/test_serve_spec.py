@@ -60,7 +60,8 @@ def test_preview_round_trips_through_a_shell_split(good: ServerSpec) -> None:
                    kv_policy="int4", tool_call_parser="qwen", extra_args="--enable-prefix-caching")
     preview = command_preview(spec)
     assert "sk-secret" not in preview
-    words = shlex.split(preview)
+    assert preview.count("\\\n") >= 8  # one option a line, joined by shell line continuations
+    words = shlex.split(preview.replace("\\\n", " "))
     assert words[:4] == ["lmdeploy", "serve", "api_server", "/models/my model; rm -rf ~"]
     assert words[words.index("--quant-policy") + 1] == "4"
     assert words[words.index("--api-keys") + 1] == "<API_KEY>"
@@ -163,7 +164,10 @@ def test_discovery_and_parser_suggestion(roots: ModelRoots, model_root: Path, ti
     assert found == [(model_root / "tiny llama; echo pwned").resolve()]
     info = read_model_info(found[0])
     assert info.architecture == "LlamaForCausalLM"
-    assert info.suggested_parser == "llama3"
+    assert info.suggested_parser == ""  # vocab 4096: not a Llama 3, so no parser is guessed
+    assert replace(info, config={**info.config, "vocab_size": 128256}).suggested_parser == "llama3"
+    assert replace(info, architecture="Qwen2ForCausalLM").suggested_parser == "qwen2d5"
+    assert replace(info, architecture="InternLM2ForCausalLM").suggested_parser == "internlm"
 
 
 def test_spec_json_round_trip(good: ServerSpec) -> None:

@@ -13,6 +13,7 @@ SKIP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", ".git", "
 MAX_SCAN_DEPTH = 3
 MAX_SCAN_DIRS = 4000
 
+LLAMA3_MIN_VOCAB = 128_000  # Llama 3's tokenizer; Llama 2 has 32,000
 # Tool-call parser that fits an architecture (LMDeploy 0.18 `--tool-call-parser` names).
 PARSER_BY_ARCHITECTURE = {
     "InternLM2ForCausalLM": "internlm",
@@ -50,8 +51,10 @@ class ModelInfo:
 
     @property
     def suggested_parser(self) -> str:
-        if self.model_type == "qwen3_coder" or "Coder" in self.path.name and self.model_type.startswith("qwen3"):
+        if self.model_type.startswith("qwen3") and "coder" in self.path.name.lower():
             return "qwen3coder"
+        if self.architecture == "LlamaForCausalLM" and int(self.config.get("vocab_size") or 0) < LLAMA3_MIN_VOCAB:
+            return ""  # Llama 2 and other Llama-shaped models have no tool-call format LMDeploy can parse
         return PARSER_BY_ARCHITECTURE.get(self.architecture, "")
 
 

@@ -274,10 +274,16 @@ def cli_args(spec: ServerSpec, model_dir: str) -> list[str]:
 
 
 def command_preview(spec: ServerSpec, model_dir: str | None = None) -> str:
-    """The copyable shell form of the command, with API keys masked (they never reach a log or screen)."""
+    """The copyable shell form of the command, one option a line, API keys masked (never shown or logged)."""
     masked = replace(spec, api_keys=tuple("<API_KEY>" for _ in spec.api_keys))
-    words = ["lmdeploy", *cli_args(masked, model_dir or spec.model_path or "<model>")]
-    return shlex.join(words)
+    args = cli_args(masked, model_dir or spec.model_path or "<model>")
+    lines = [shlex.join(["lmdeploy", *args[:3]])]
+    for word in args[3:]:
+        if word.startswith("--") or not lines[1:]:
+            lines.append(shlex.quote(word))
+        else:
+            lines[-1] += " " + shlex.quote(word)
+    return " \\\n  ".join(lines)
 
 
 def _fraction(value: float) -> str:

@@ -117,7 +117,7 @@ class ServeHandlers:
         locale = locale_of(request)
         checked = self.manager.check(spec)
         status = self.format_errors(checked, locale) if isinstance(checked, list) else (
-            "✅ " + self.catalog.text("serve.msg.ready_to_start", locale)
+            "**" + self.catalog.text("serve.msg.ready_to_start", locale) + "**"
         )
         return self.manager.preview(spec), status
 
@@ -353,7 +353,7 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                 refresh_models = gr.Button(i18n("serve.refresh_models"), scale=1, size="sm")
             with gr.Row():
                 backend = gr.Radio(list(BACKENDS), value=default.backend, label=i18n("serve.backend.label"),
-                                   info=i18n("serve.backend.info"))
+                                   info=i18n("serve.backend.info"), elem_id="serve-backend")
                 model_format = gr.Dropdown(list(MODEL_FORMATS), value=default.model_format,
                                            label=i18n("serve.model_format.label"),
                                            info=i18n("serve.model_format.info"))
@@ -365,7 +365,7 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                 cache_fraction = gr.Slider(
                     0.05, 0.95, value=default.cache_max_entry_count, step=0.05,
                     label=i18n("serve.cache_max_entry_count.label"),
-                    info=i18n("serve.cache_max_entry_count.info"),
+                    info=i18n("serve.cache_max_entry_count.info"), elem_id="serve-cache-fraction",
                 )
             with gr.Row():
                 port = gr.Number(value=default.port, precision=0, label=i18n("serve.port.label"),

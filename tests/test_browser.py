@@ -1,0 +1,119 @@
+"""The launched console in headless Chromium (Debian's), driven by Playwright, against the real lmdeploy CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from webui.app import build_app
+from webui.services.container import Services
+from webui.services.serve_spec import suggest_port
+from webui.settings import Settings
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (see .ci/run)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def console_url(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
+    """The real app with real services (lmdeploy's CLI, which fails here for want of a GPU)."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, root / "tiny llama")
+    settings = Settings(state_dir=tmp_path / "state", model_roots=(root,))
+    services = Services.build(settings)
+    demo, launch_kwargs = build_app(services)
+    demo.queue()
+    port = suggest_port(17860)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
+    try:
+        yield f"http://127.0.0.1:{port}", root / "tiny llama"
+    finally:
+        demo.close()
+        services.close()
+
+
+def test_fill_the_form_preview_start_and_see_the_state_change(browser, console_url) -> None:
+    from playwright.sync_api import expect
+
+    url, model = console_url
+    page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1200})
+    page.goto(url)
+    command = page.locator("#serve-command")
+    status = page.locator("#serve-form-status")
+
+    # The discovered model is preselected and the preview shows the real command.
+    expect(command).to_contain_text("lmdeploy serve api_server", timeout=TIMEOUT_MS)
+    expect(command).to_contain_text(str(model), timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("Ready to start", timeout=TIMEOUT_MS)
+
+    page.get_by_test_id("pytorch-radio-label").click()
+    expect(command).to_contain_text("--backend pytorch", timeout=TIMEOUT_MS)
+    fraction = page.locator("#serve-cache-fraction input[type=number]")
+    fraction.fill("0.4")
+    fraction.press("Enter")
+    expect(command).to_contain_text("--cache-max-entry-count 0.4", timeout=TIMEOUT_MS)
+
+    # A bad value is named, with its fix, before anything starts.
+    port = page.locator("#serve-port input")
+    good_port = port.input_value()
+    port.fill("80")
+    port.press("Tab")
+    expect(status).to_contain_text("Port", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("1024 to 65535", timeout=TIMEOUT_MS)
+    port.fill(good_port)
+    port.press("Tab")
+    expect(status).to_contain_text("Ready to start", timeout=TIMEOUT_MS)
+
+    page.locator("#serve-start").click()
+    expect(page.locator("#serve-message")).to_contain_text("Started server", timeout=TIMEOUT_MS)
+    detail = page.locator("#serve-detail")
+    # Without a GPU the real api_server exits: the console shows FAILED with the plain no-GPU hint.
+    expect(detail).to_contain_text("Failed", timeout=120_000)
+    expect(detail).to_contain_text("needs an NVIDIA GPU", timeout=TIMEOUT_MS)
+    expect(detail).to_contain_text("Found no NVIDIA driver", timeout=TIMEOUT_MS)
+    expect(page.locator("#serve-servers")).to_contain_text("Failed", timeout=TIMEOUT_MS)
+    expect(page.locator("#serve-log textarea")).to_have_value(re.compile("RuntimeError"), timeout=TIMEOUT_MS)
+
+    # A reload shows the same truth, read back from the services.
+    page.reload()
+    expect(page.locator("#serve-detail")).to_contain_text("Failed", timeout=TIMEOUT_MS)
+    page.close()
+
+
+def test_chinese_browser_gets_chinese_labels_and_messages(browser, console_url) -> None:
+    from playwright.sync_api import expect
+
+    url, _ = console_url
+    page = browser.new_page(locale="zh-CN", viewport={"width": 1400, "height": 1200})
+    page.goto(url)
+    expect(page.locator("#serve-start")).to_have_text("启动服务", timeout=TIMEOUT_MS)
+    expect(page.locator("#serve-form-status")).to_contain_text("可以启动", timeout=TIMEOUT_MS)
+    extra = page.locator("#serve-extra-args textarea, #serve-extra-args input").first
+    page.get_by_text("更多选项").click()
+    extra.fill("--tp 2")
+    extra.press("Tab")
+    expect(page.locator("#serve-form-status")).to_contain_text("额外参数", timeout=TIMEOUT_MS)
+    expect(page.locator("#serve-form-status")).to_contain_text("由上面的表单设置", timeout=TIMEOUT_MS)
+    page.screenshot(path=str(Path(os.environ.get("SCREENSHOT_DIR", "/tmp")) / "serve-zh.png"), full_page=True)
+    page.close()

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import FAKE_SERVER, fake_argv_factory
 from webui.services.container import Services
-from webui.services.serve import ServerState
+from webui.services.serve import ServerState, normalize_base_url
 from webui.services.serve_spec import ServerSpec, suggest_port
 from webui.settings import Settings
 
@@ -187,3 +187,22 @@ def test_real_lmdeploy_without_gpu_fails_with_the_no_gpu_hint(settings: Settings
         assert "Found no NVIDIA driver" in failed.hint_line
     finally:
         services.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("127.0.0.1:23333", "http://127.0.0.1:23333"),
+        ("http://127.0.0.1:23333/v1/", "http://127.0.0.1:23333"),
+        ("https://gpu.example.com/lmdeploy/v1", "https://gpu.example.com/lmdeploy"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_base_urls_are_normalized(raw: str, expected: str) -> None:
+    assert normalize_base_url(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "not a url", "ftp://host", "http://host:99999", "http://"])
+def test_bad_base_urls_are_refused(raw: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_base_url(raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import http.client
 import json
+import re
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from webui.services.serve_spec import (
 from webui.services.store import ServerRecord, Store
 
 ACTIVE_PREF = "serve.active_server"
+HOSTNAME = re.compile(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:]+")
 HEALTH_POLL_S = 0.1
 READY_RECHECK_S = 2.0
 ATTACHED_RECHECK_S = 2.0
@@ -504,8 +506,9 @@ def normalize_base_url(raw: str) -> str:
     if "://" not in text:
         text = "http://" + text
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or not HOSTNAME.fullmatch(parts.hostname):
         raise ValueError(f"not an http(s) URL: {raw!r}")
+    _ = parts.port  # raises ValueError for a port that is not a number in range
     path = parts.path.rstrip("/")
     if path.endswith("/v1"):
         path = path[:-3]

@@ -141,17 +141,17 @@ class ServeHandlers:
         cache_max_entry_count: float, session_len: float | None, max_batch_size: float | None,
         tp: float | None, port: float | None, host: str, model_name: str, api_keys: str,
         tool_call_parser: str | None, eager_mode: bool, extra_args: str, request: gr.Request,
-    ) -> tuple[str, gr.Dropdown, int]:
-        """Start an api_server; returns a message, the selected server and a fresh free port for the next one."""
+    ) -> tuple[str, str, int]:
+        """Start an api_server; returns a message, the new server's id ("" if refused) and a free port for the next."""
         spec = self.spec_from_form(model_path, backend, model_format, kv_policy, cache_max_entry_count,
                                    session_len, max_batch_size, tp, port, host, model_name, api_keys,
                                    tool_call_parser, eager_mode, extra_args)
         locale = locale_of(request)
         outcome = self.manager.start(spec)
         if outcome.server is None:
-            return self.format_errors(outcome.errors, locale), gr.Dropdown(), _int(port)
+            return self.format_errors(outcome.errors, locale), "", _int(port)
         msg = self.catalog.text("serve.msg.started", locale, id=outcome.server.id, url=outcome.server.base_url)
-        return msg, self._server_choices(outcome.server.id), self.manager.suggest_port()
+        return msg, outcome.server.id, self.manager.suggest_port()
 
     def stop_server(self, server_id: str | None, request: gr.Request) -> str:
         locale = locale_of(request)
@@ -177,16 +177,17 @@ class ServeHandlers:
             return self.format_errors(outcome.errors, locale)
         return self.catalog.text("serve.msg.restarted", locale, id=server_id)
 
-    def attach_server(self, base_url: str, api_key: str, request: gr.Request) -> tuple[str, gr.Dropdown]:
+    def attach_server(self, base_url: str, api_key: str, request: gr.Request) -> tuple[str, str]:
+        """Watch a server started elsewhere; returns a message and its id ("" if the URL is refused)."""
         locale = locale_of(request)
         try:
             url = normalize_base_url(base_url)
         except ValueError:
-            return self.catalog.text("errors.bad_url", locale, url=base_url), gr.Dropdown()
+            return self.catalog.text("errors.bad_url", locale, url=base_url), ""
         snap = self.manager.attach(url, api_key.strip())
         msg = self.catalog.text("serve.msg.attached", locale, id=snap.id, url=snap.base_url,
                                 state=self.catalog.text(f"serve.state.{snap.state}", locale))
-        return msg, self._server_choices(snap.id)
+        return msg, snap.id
 
     def set_active_server(self, server_id: str | None, request: gr.Request) -> str:
         locale = locale_of(request)
@@ -198,17 +199,17 @@ class ServeHandlers:
             return self.catalog.text("errors.unknown_server", locale, id=server_id)
         return self.catalog.text("serve.msg.active", locale, id=snap.id, url=snap.base_url)
 
-    def remove_server(self, server_id: str | None, request: gr.Request) -> tuple[str, gr.Dropdown]:
+    def remove_server(self, server_id: str | None, request: gr.Request) -> str:
         locale = locale_of(request)
         if not server_id:
-            return self.catalog.text("serve.msg.no_selection", locale), gr.Dropdown()
+            return self.catalog.text("serve.msg.no_selection", locale)
         try:
             self.manager.forget(server_id)
         except KeyError:
-            return self.catalog.text("errors.unknown_server", locale, id=server_id), gr.Dropdown()
+            return self.catalog.text("errors.unknown_server", locale, id=server_id)
         except ValueError:
-            return self.catalog.text("errors.stop_first", locale), gr.Dropdown()
-        return self.catalog.text("serve.msg.removed", locale, id=server_id), self._server_choices(None)
+            return self.catalog.text("errors.stop_first", locale)
+        return self.catalog.text("serve.msg.removed", locale, id=server_id)
 
     # views ---------------------------------------------------------------------------------------
     def list_servers(self, request: gr.Request) -> pd.DataFrame:
@@ -283,6 +284,10 @@ class ServeHandlers:
     def server_log_api(self, server_id: str, lines: int = LOG_LINES) -> str:
         """The last `lines` lines of a server's log."""
         return "\n".join(self.manager.log(server_id, max(1, min(int(lines), 5000))))
+
+    def select_server(self, server_id: str | None, current: str | None) -> gr.Dropdown:
+        """After an action: list the servers again and select the one it touched (if any)."""
+        return self._server_choices(server_id or current)
 
     # helpers -------------------------------------------------------------------------------------
     def _server_choices(self, selected: str | None) -> gr.Dropdown:
@@ -401,8 +406,9 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
             gr.Markdown(i18n("serve.servers_heading"))
             servers_table = gr.Dataframe(interactive=False, wrap=True, elem_id="serve-servers")
             with gr.Row():
+                # allow_custom_value: scripts pass ids of servers created after the page was built.
                 selected = gr.Dropdown(label=i18n("serve.selected.label"), choices=[], scale=3,
-                                       elem_id="serve-selected")
+                                       allow_custom_value=True, elem_id="serve-selected")
                 stop = gr.Button(i18n("serve.stop_button"), variant="stop", elem_id="serve-stop", scale=1)
                 restart = gr.Button(i18n("serve.restart_button"), scale=1)
                 make_active = gr.Button(i18n("serve.active_button"), scale=1)
@@ -428,14 +434,18 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
     model_path.change(handlers.suggest_parser, [model_path, tool_call_parser], tool_call_parser,
                       api_visibility="private", **quiet)
     refresh_models.click(handlers.refresh_models, model_path, model_path, api_name="refresh_models")
-    start.click(handlers.start_server, form.inputs(), [message, selected, port], api_name="start_server",
-                concurrency_id="server_control")
+    touched = gr.Textbox(visible=False)  # the id an action returned, for scripts and to select it here
+    start.click(handlers.start_server, form.inputs(), [message, touched, port], api_name="start_server",
+                concurrency_id="server_control").then(
+        handlers.select_server, [touched, selected], selected, api_visibility="private")
     stop.click(handlers.stop_server, selected, message, api_name="stop_server", concurrency_id="server_control")
     restart.click(handlers.restart_server, selected, message, api_name="restart_server",
                   concurrency_id="server_control")
     make_active.click(handlers.set_active_server, selected, message, api_name="set_active_server")
-    remove.click(handlers.remove_server, selected, [message, selected], api_name="remove_server")
-    attach.click(handlers.attach_server, [attach_url, attach_key], [message, selected], api_name="attach_server")
+    remove.click(handlers.remove_server, selected, message, api_name="remove_server").then(
+        handlers.select_server, [touched, selected], selected, api_visibility="private")
+    attach.click(handlers.attach_server, [attach_url, attach_key], [message, touched], api_name="attach_server").then(
+        handlers.select_server, [touched, selected], selected, api_visibility="private")
     servers_table.select(handlers.pick_from_table, servers_table, selected, api_visibility="private")
     selected.change(handlers.server_detail, selected, detail, api_visibility="private", **quiet)
     timer.tick(handlers.refresh, selected, [servers_table, selected, detail, log],

@@ -1,0 +1,90 @@
+"""Every Serve action works from gradio_client under its stable API name (as the README shows)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from tests.conftest import fake_argv_factory
+from webui.app import build_app
+from webui.services.container import Services
+from webui.services.serve_spec import suggest_port
+from webui.settings import Settings
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[tuple[Client, Services]]:
+    services = Services.build(settings, argv_factory=fake_argv_factory())
+    demo, launch_kwargs = build_app(services)
+    demo.queue()
+    port = suggest_port(18860)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    try:
+        yield client, services
+    finally:
+        client.close()
+        demo.close()
+        services.close()
+
+
+def wait_state(client: Client, server_id: str, state: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        servers = {s["id"]: s for s in client.predict(api_name="/list_servers")}
+        if servers[server_id]["state"] == state:
+            return servers[server_id]
+        time.sleep(0.1)
+    raise AssertionError(f"{server_id} never became {state}: {servers[server_id]}")
+
+
+def test_api_names_are_stable(client) -> None:
+    api, _ = client
+    names = set(api.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/start_server", "/stop_server", "/list_servers", "/server_log", "/attach_server",
+            "/restart_server", "/set_active_server", "/preview_command"} <= names
+    assert "/partial" not in names and "/refresh" not in names
+
+
+def test_start_list_log_stop_from_a_script(client, model_root: Path) -> None:
+    api, services = client
+    port = suggest_port(33000)
+    model = str(model_root / "tiny llama; echo pwned")
+    message, selected, next_port = api.predict(
+        model_path=model, backend="pytorch", model_format="auto", kv_policy="int8", cache_max_entry_count=0.4,
+        session_len=0, max_batch_size=0, tp=1, port=port, host="127.0.0.1", model_name="tiny", api_keys="",
+        tool_call_parser="", eager_mode=False, extra_args="", api_name="/start_server",
+    )
+    assert "Started server" in message
+    server_id = selected
+    assert next_port != port
+    ready = wait_state(api, server_id, "READY")
+    assert ready["model_id"] == "tiny" and ready["kv_policy"] == "int8" and ready["port"] == port
+    assert "--quant-policy 8" in ready["command"]
+    log = api.predict(server_id=server_id, lines=50, api_name="/server_log")
+    assert "Uvicorn running" in log
+
+    refused, _, _ = api.predict(
+        model_path=model, backend="turbomind", model_format="auto", kv_policy="fp8", cache_max_entry_count=0.4,
+        session_len=0, max_batch_size=0, tp=1, port=port, host="127.0.0.1", model_name="", api_keys="",
+        tool_call_parser="", eager_mode=False, extra_args="", api_name="/start_server",
+    )
+    assert "PyTorch backend" in refused and "already" in refused or "another server" in refused
+    assert len(api.predict(api_name="/list_servers")) == 1
+
+    stopped = api.predict(server_id=server_id, api_name="/stop_server")
+    assert "Stopped" in stopped
+    assert wait_state(api, server_id, "STOPPED")["ended_at"] is not None
+
+
+def test_attach_from_a_script(client) -> None:
+    api, _ = client
+    message, selected = api.predict(base_url="not a url at all", api_key="", api_name="/attach_server")
+    assert "not an http(s) URL" in message
+    message, selected = api.predict(base_url="http://127.0.0.1:9", api_key="", api_name="/attach_server")
+    assert "Unreachable" in message
+    assert wait_state(api, selected, "UNREACHABLE")["owned"] is False

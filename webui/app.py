@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -11,7 +10,6 @@ from webui.i18n.catalog import Catalog
 from webui.services.container import Services
 from webui.ui.serve_tab import ServeHandlers, build_serve_tab
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CSS = """
 .state { padding: 2px 10px; border-radius: 10px; font-size: 0.9em; }
 .state-ready { background: #d1fae5; color: #065f46; }
@@ -19,6 +17,7 @@ CSS = """
 .state-failed, .state-lost, .state-unreachable { background: #fee2e2; color: #991b1b; }
 .state-stopped { background: #e5e7eb; color: #374151; }
 #serve-detail progress { width: 40%; vertical-align: middle; }
+#serve-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
 """
 
 

@@ -116,7 +116,7 @@ class ServerManager:
         log_dir: Path,
         python: str,
         argv_factory: ArgvFactory | None = None,
-        stop_grace_s: float = 15.0,
+        stop_grace_s: float = 5.0,
     ) -> None:
         self._store = store
         self._supervisor = supervisor

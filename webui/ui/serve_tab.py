@@ -226,7 +226,7 @@ class ServeHandlers:
                 t("serve.col.active", locale): "★" if s.active else "",
                 t("serve.col.id", locale): s.id,
                 t("serve.col.state", locale): t(f"serve.state.{s.state}", locale),
-                t("serve.col.model", locale): s.model_id or s.model_path,
+                t("serve.col.model", locale): _short_model(s.model_id or s.model_path),
                 t("serve.col.url", locale): s.base_url,
                 t("serve.col.config", locale): config,
                 t("serve.col.uptime", locale): _duration(s.uptime_seconds),
@@ -292,7 +292,7 @@ class ServeHandlers:
     # helpers -------------------------------------------------------------------------------------
     def _server_choices(self, selected: str | None) -> gr.Dropdown:
         servers = self.manager.list()
-        choices = [(f"{s.id} · {s.state} · {s.model_id or s.base_url}", s.id) for s in servers]
+        choices = [(f"{s.id} · {s.state} · {_short_model(s.model_id) or s.base_url}", s.id) for s in servers]
         ids = {s.id for s in servers}
         value = selected if selected in ids else (servers[0].id if servers else None)
         return gr.Dropdown(choices=choices, value=value)
@@ -330,6 +330,11 @@ class ServeHandlers:
         if s.command:
             lines.append(f"\n```bash\n{s.command}\n```")
         return "\n".join(lines)
+
+
+def _short_model(model: str) -> str:
+    """A model id that is a path shows as its folder name in the table (the detail shows it whole)."""
+    return Path(model).name if "/" in model and not model.endswith("/") else model
 
 
 def _duration(seconds: float | None) -> str:

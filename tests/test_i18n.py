@@ -59,7 +59,7 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"serve.phase.{p}" for p in (*PHASE_KEYS, "ready")}
     used |= {key for key, _ in HINT_PATTERNS} | {"hints.unknown"}
     used |= {f"serve.{name}.label" for name in ServerSpec.__dataclass_fields__}
-    used |= {f"serve.col.{c}" for c in ("active", "id", "state", "model", "url", "config", "uptime")}
+    used |= {f"serve.col.{c}" for c in ("active", "id", "state", "model", "config", "uptime")}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

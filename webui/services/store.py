@@ -33,6 +33,27 @@ CREATE TABLE IF NOT EXISTS servers (
     detail TEXT NOT NULL DEFAULT '',
     keep_running INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    output_dir TEXT NOT NULL DEFAULT '',
+    job_file TEXT NOT NULL DEFAULT '',
+    log_path TEXT NOT NULL DEFAULT '',
+    progress_path TEXT NOT NULL DEFAULT '',
+    pid INTEGER,
+    create_time REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    exit_code INTEGER,
+    error TEXT NOT NULL DEFAULT '',
+    result_json TEXT NOT NULL DEFAULT '',
+    peak_ram_bytes INTEGER NOT NULL DEFAULT 0,
+    peak_gpu_bytes INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -75,7 +96,40 @@ class ServerRecord:
         return json.loads(self.spec_json)
 
 
-_SERVER_COLUMNS = tuple(f.name for f in fields(ServerRecord))
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of `jobs`: a quantization job, from queued to its result."""
+
+    id: str
+    kind: str
+    spec_json: str
+    state: str
+    resource: str
+    created_at: float
+    output_dir: str = ""
+    job_file: str = ""
+    log_path: str = ""
+    progress_path: str = ""
+    pid: int | None = None
+    create_time: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    error: str = ""
+    result_json: str = ""
+    peak_ram_bytes: int = 0
+    peak_gpu_bytes: int = 0
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json)
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return json.loads(self.result_json) if self.result_json else {}
+
+
+_COLUMNS = {"servers": tuple(f.name for f in fields(ServerRecord)), "jobs": tuple(f.name for f in fields(JobRecord))}
 
 
 @dataclass(frozen=True)
@@ -121,44 +175,68 @@ class Store:
         with self._lock:
             self._conn.close()
 
+    # rows --------------------------------------------------------------------------------------
+    def _insert(self, table: str, record: ServerRecord | JobRecord) -> None:
+        row = asdict(record)
+        columns = _COLUMNS[table]
+        marks = ", ".join("?" for _ in columns)
+        with self._tx() as conn:
+            conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", [row[c] for c in columns])
+
+    def _update(self, table: str, row_id: str, changes: dict[str, Any]) -> None:
+        unknown = set(changes) - set(_COLUMNS[table]) - {"id"}
+        if unknown:
+            raise KeyError(f"unknown {table} columns: {sorted(unknown)}")
+        assignments = ", ".join(f"{k} = ?" for k in changes) or "id = id"
+        with self._tx() as conn:
+            cursor = conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", [*changes.values(), row_id])
+            if cursor.rowcount == 0:
+                raise KeyError(row_id)
+
+    def _rows(self, table: str, where: str = "", args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(f"SELECT * FROM {table} {where} ORDER BY created_at DESC", args).fetchall()
+        return [dict(r) for r in rows]
+
     # servers -------------------------------------------------------------------------------------
     def insert_server(self, record: ServerRecord) -> None:
-        row = asdict(record)
-        cols = ", ".join(_SERVER_COLUMNS)
-        marks = ", ".join("?" for _ in _SERVER_COLUMNS)
-        with self._tx() as conn:
-            conn.execute(f"INSERT INTO servers ({cols}) VALUES ({marks})", [row[c] for c in _SERVER_COLUMNS])
+        self._insert("servers", record)
 
     def update_server(self, server_id: str, **changes: Any) -> ServerRecord:
-        unknown = set(changes) - set(_SERVER_COLUMNS) - {"id"}
-        if unknown:
-            raise KeyError(f"unknown server columns: {sorted(unknown)}")
-        if changes:
-            assignments = ", ".join(f"{k} = ?" for k in changes)
-            with self._tx() as conn:
-                cur = conn.execute(
-                    f"UPDATE servers SET {assignments} WHERE id = ?", [*changes.values(), server_id]
-                )
-                if cur.rowcount == 0:
-                    raise KeyError(server_id)
+        self._update("servers", server_id, changes)
         record = self.get_server(server_id)
         if record is None:
             raise KeyError(server_id)
         return record
 
     def get_server(self, server_id: str) -> ServerRecord | None:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM servers WHERE id = ?", (server_id,)).fetchone()
-        return _server_from_row(row) if row else None
+        rows = self._rows("servers", "WHERE id = ?", (server_id,))
+        return _server(rows[0]) if rows else None
 
     def list_servers(self) -> list[ServerRecord]:
-        with self._lock:
-            rows = self._conn.execute("SELECT * FROM servers ORDER BY created_at DESC").fetchall()
-        return [_server_from_row(r) for r in rows]
+        return [_server(r) for r in self._rows("servers")]
 
     def delete_server(self, server_id: str) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM servers WHERE id = ?", (server_id,))
+
+    # jobs ----------------------------------------------------------------------------------------
+    def insert_job(self, record: JobRecord) -> None:
+        self._insert("jobs", record)
+
+    def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+        self._update("jobs", job_id, changes)
+        record = self.get_job(job_id)
+        if record is None:
+            raise KeyError(job_id)
+        return record
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._rows("jobs", "WHERE id = ?", (job_id,))
+        return JobRecord(**rows[0]) if rows else None
+
+    def list_jobs(self) -> list[JobRecord]:
+        return [JobRecord(**r) for r in self._rows("jobs")]
 
     # events --------------------------------------------------------------------------------------
     def add_event(self, source: str, kind: str, detail: str = "", at: float | None = None) -> None:
@@ -192,8 +270,7 @@ class Store:
             )
 
 
-def _server_from_row(row: sqlite3.Row) -> ServerRecord:
-    data = dict(row)
+def _server(data: dict[str, Any]) -> ServerRecord:
     data["owned"] = bool(data["owned"])
     data["keep_running"] = bool(data["keep_running"])
     return ServerRecord(**data)

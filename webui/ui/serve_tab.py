@@ -227,11 +227,10 @@ class ServeHandlers:
                 t("serve.col.id", locale): s.id,
                 t("serve.col.state", locale): t(f"serve.state.{s.state}", locale),
                 t("serve.col.model", locale): _short_model(s.model_id or s.model_path),
-                t("serve.col.url", locale): s.base_url,
                 t("serve.col.config", locale): config,
                 t("serve.col.uptime", locale): _duration(s.uptime_seconds),
             })
-        columns = [t(f"serve.col.{c}", locale) for c in ("active", "id", "state", "model", "url", "config", "uptime")]
+        columns = [t(f"serve.col.{c}", locale) for c in ("active", "id", "state", "model", "config", "uptime")]
         return pd.DataFrame(rows, columns=columns)
 
     def server_log(self, server_id: str | None) -> str:

@@ -1,0 +1,389 @@
+"""An AWQ job as the user asks for it, its pre-flight checks and estimates, and the commands that run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from webui.services.models import ModelInfo, ModelRoots, PathProblem, read_model_info
+from webui.services.serve_spec import FieldError
+
+HUB_DATASETS = {  # LMDeploy 0.18 --calib-dataset name -> the Hugging Face dataset it loads
+    "wikitext2": "wikitext",
+    "c4": "allenai/c4",
+    "pileval": "mit-han-lab/pile-val-backup",
+    "gsm8k": "openai/gsm8k",
+    "neuralmagic_calibration": "neuralmagic/calibration",
+    "open-platypus": "garage-bAInd/Open-Platypus",
+    "openwebtext": "Skylion007/openwebtext",
+}
+CALIB_SOURCES = ("hub", "files", "sample", "none")
+DTYPES = ("auto", "float16", "bfloat16")
+DEVICES = ("cuda", "cpu")
+W_BITS = (4, 8)
+# Architectures LMDeploy 0.18's AWQ knows (lmdeploy/lite/apis/calibrate.py LAYER_TYPE_MAP).
+AWQ_ARCHITECTURES = frozenset({
+    "InternLM2ForCausalLM", "InternLM3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM",
+    "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration", "LlamaForCausalLM",
+    "LlavaLlamaForCausalLM", "MGMLlamaForCausalLM", "InternS2PreviewForConditionalGeneration", "Phi3ForCausalLM",
+    "ChatGLMForConditionalGeneration", "MixtralForCausalLM", "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration", "MistralForCausalLM",
+})
+MAX_SAMPLES = 4096
+MAX_SEQLEN = 131_072
+MAX_BATCH = 512
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+BYTES_PER_TOKEN_GUESS = 4  # English BPE; used only where no tokenizer.json can count exactly
+
+
+@dataclass(frozen=True)
+class AwqSpec:
+    """User intent for one `lmdeploy lite auto_awq` job (defaults are LMDeploy's)."""
+
+    model_path: str
+    output_dir: str = ""
+    calib_source: str = "hub"
+    calib_dataset: str = "wikitext2"
+    calib_files: tuple[str, ...] = ()
+    text_field: str = "text"
+    calib_samples: int = 128
+    calib_seqlen: int = 2048
+    batch_size: int = 1
+    w_bits: int = 4
+    w_group_size: int = 128
+    w_sym: bool = False
+    search_scale: bool = False
+    dtype: str = "auto"
+    device: str = "cuda"
+    trust_remote_code: bool = False
+
+    @property
+    def data_free(self) -> bool:
+        return self.calib_source == "none" or self.calib_samples == 0
+
+    @property
+    def resource(self) -> str:
+        """What the job occupies: one job per GPU (and one CPU job) at a time."""
+        return self.device
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["calib_files"] = list(self.calib_files)
+        return data
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> AwqSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["calib_files"] = tuple(known.get("calib_files") or ())
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """Rough numbers shown before a job runs."""
+
+    params: int
+    size_before_bytes: int
+    size_after_bytes: int
+    ram_peak_bytes: int
+    gpu_peak_bytes: int
+    seconds: float
+    calib_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckedAwq:
+    """A spec that passed pre-flight, with its resolved folders, the model's facts and the estimates."""
+
+    spec: AwqSpec
+    model_dir: Path
+    output_dir: Path
+    info: ModelInfo
+    layers: int
+    estimates: Estimates
+    warnings: tuple[FieldError, ...] = field(default_factory=tuple)
+
+
+def default_output_name(model_dir: Path, spec: AwqSpec) -> str:
+    return SAFE_NAME.sub("-", f"{model_dir.name}-awq-w{spec.w_bits}-g{spec.w_group_size}").strip("-")
+
+
+def free_output_dir(base: Path) -> Path:
+    """base, or base-2, base-3 … : the first that does not exist or is empty."""
+    candidate, n = base, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def weight_bytes(folder: Path) -> int:
+    total = 0
+    for entry in folder.iterdir():
+        if entry.is_file() and entry.suffix in (".safetensors", ".bin", ".pt"):
+            total += entry.stat().st_size
+    return total
+
+
+def hub_dataset_cached(name: str, env: dict[str, str] | None = None) -> bool:
+    """Whether LMDeploy's calibration dataset is already in the local Hugging Face caches."""
+    env = dict(os.environ if env is None else env)
+    repo = HUB_DATASETS[name]
+    hf_home = Path(env.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    hub = Path(env.get("HF_HUB_CACHE", hf_home / "hub")).expanduser()
+    datasets_cache = Path(env.get("HF_DATASETS_CACHE", hf_home / "datasets")).expanduser()
+    hub_name = "datasets--" + repo.replace("/", "--")
+    if (hub / hub_name).is_dir():
+        return True
+    prefix = repo.replace("/", "___").lower()
+    return datasets_cache.is_dir() and any(p.name.lower().startswith(prefix) for p in datasets_cache.iterdir())
+
+
+def hub_reachable(env: dict[str, str] | None = None, timeout: float = 2.0) -> bool:
+    """False when offline mode is set or the hub's host cannot be reached (nothing is downloaded here)."""
+    env = dict(os.environ if env is None else env)
+    if env.get("HF_HUB_OFFLINE") == "1" or env.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    host = re.sub(r"^https?://", "", env.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0]
+    try:
+        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def count_tokens(model_dir: Path, text: str) -> tuple[int, bool]:
+    """Tokens in text with the model's own tokenizer.json (exact), else a bytes/4 guess (exact=False)."""
+    tokenizer_file = model_dir / "tokenizer.json"
+    if tokenizer_file.is_file():
+        try:
+            from tokenizers import Tokenizer
+
+            return len(Tokenizer.from_file(str(tokenizer_file)).encode(text).ids), True
+        except Exception:  # a tokenizer the library cannot read: fall back to the guess
+            pass
+    return len(text.encode("utf-8")) // BYTES_PER_TOKEN_GUESS, False
+
+
+def sample_corpus() -> str:
+    """English prose that ships with every CPython (the pydoc topics), so calibration needs no download."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def read_calibration_text(files: tuple[str, ...] | list[str], text_field: str) -> str:
+    """Concatenate .txt files and the `text_field` of .jsonl lines; raises ValueError with the file named."""
+    parts: list[str] = []
+    for name in files:
+        path = Path(name)
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            for number, line in enumerate(raw.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise ValueError(f"{path.name} line {number}: not JSON ({exc.msg})") from exc
+                value = row.get(text_field) if isinstance(row, dict) else None
+                if not isinstance(value, str):
+                    raise ValueError(f"{path.name} line {number}: no string field {text_field!r}")
+                parts.append(value)
+        else:
+            parts.append(raw)
+    return "\n\n".join(parts)
+
+
+def estimate(info: ModelInfo, spec: AwqSpec, size_before: int, calib_tokens: int | None) -> Estimates:
+    """Rough size, memory and time from config.json (documented as rough in the UI)."""
+    c = info.config.get("text_config") or info.config
+    hidden = int(c.get("hidden_size") or 0)
+    inter = int(c.get("intermediate_size") or 0)
+    layers = int(c.get("num_hidden_layers") or 0)
+    vocab = int(c.get("vocab_size") or 0)
+    heads = int(c.get("num_attention_heads") or 1)
+    kv_heads = int(c.get("num_key_value_heads") or heads)
+    head_dim = int(c.get("head_dim") or (hidden // max(heads, 1)))
+    experts = int(c.get("num_local_experts") or c.get("num_experts") or 1)
+    attn = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    mlp = 3 * hidden * inter * experts
+    linear = layers * (attn + mlp)
+    other = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2) + layers * 2 * hidden
+    params = linear + other
+    packed = linear * spec.w_bits // 8 + linear // max(spec.w_group_size, 1) * 4  # weights + fp16 scales/zeros
+    size_after = packed + other * 2
+    tokens = 0 if spec.data_free else spec.calib_samples * spec.calib_seqlen
+    activations = tokens * hidden * 2 * 3  # inputs, outputs and a working copy of every sample, fp16
+    layer_bytes = (attn + mlp) * 2
+    gpu_peak = 0 if spec.device == "cpu" else 2 * layer_bytes + activations + vocab * hidden * 2
+    ram_peak = params * 2 + (activations if spec.device == "cpu" else 0) + (512 << 20)
+    per_billion = {"cuda": 30.0, "cpu": 600.0}[spec.device if spec.device in DEVICES else "cuda"]
+    work = params / 1e9 * per_billion * (1.0 + tokens / 65_536 * (6.0 if spec.search_scale else 1.0))
+    return Estimates(params, size_before, size_after, ram_peak, gpu_peak, 8.0 + work, calib_tokens)
+
+
+def check_awq(
+    spec: AwqSpec,
+    roots: ModelRoots,
+    output_root: Path,
+    gpu_count: int | None,
+    bf16_ok: bool | None = None,
+    hub_online: bool | None = None,
+) -> CheckedAwq | list[FieldError]:
+    """Every reason the job cannot run, or the checked job. Nothing is spawned and nothing is written here."""
+    errors: list[FieldError] = []
+    resolved = roots.resolve(spec.model_path)
+    if isinstance(resolved, PathProblem):
+        return [FieldError("model_path", resolved.key, resolved.params)]
+    info = read_model_info(resolved)
+    if isinstance(info, PathProblem):
+        return [FieldError("model_path", info.key, info.params)]
+    config = info.config.get("text_config") or info.config
+    if info.quant_method:
+        errors.append(FieldError("model_path", "errors.awq_already_quantized", {"method": info.quant_method}))
+    elif info.architecture not in AWQ_ARCHITECTURES:
+        errors.append(FieldError("model_path", "errors.awq_architecture",
+                                 {"arch": info.architecture or "?", "supported": ", ".join(sorted(AWQ_ARCHITECTURES))}))
+    for name, value, allowed in (("calib_source", spec.calib_source, CALIB_SOURCES),
+                                 ("dtype", spec.dtype, DTYPES), ("device", spec.device, DEVICES),
+                                 ("w_bits", spec.w_bits, W_BITS)):
+        if value not in allowed:
+            errors.append(FieldError(name, "errors.choice", {"value": str(value),
+                                                             "choices": ", ".join(map(str, allowed))}))
+    if spec.w_group_size not in (32, 64, 128, 256):
+        errors.append(FieldError("w_group_size", "errors.choice", {"value": str(spec.w_group_size),
+                                                                   "choices": "32, 64, 128, 256"}))
+    else:
+        for dim_name in ("hidden_size", "intermediate_size"):
+            dim = int(config.get(dim_name) or 0)
+            if dim and dim % spec.w_group_size:
+                errors.append(FieldError("w_group_size", "errors.group_size_divides",
+                                         {"group": str(spec.w_group_size), "dim": dim_name, "size": str(dim)}))
+                break
+    if not spec.data_free:
+        if not 1 <= spec.calib_samples <= MAX_SAMPLES:
+            errors.append(FieldError("calib_samples", "errors.int_range", {"min": "0", "max": str(MAX_SAMPLES)}))
+        if not 16 <= spec.calib_seqlen <= MAX_SEQLEN:
+            errors.append(FieldError("calib_seqlen", "errors.int_range", {"min": "16", "max": str(MAX_SEQLEN)}))
+        if not 1 <= spec.batch_size <= MAX_BATCH:
+            errors.append(FieldError("batch_size", "errors.int_range", {"min": "1", "max": str(MAX_BATCH)}))
+    if spec.device == "cuda" and gpu_count == 0:
+        errors.append(FieldError("device", "errors.awq_no_gpu", {}))
+    wants_bf16 = spec.dtype == "bfloat16" or (spec.dtype == "auto" and
+                                              str(config.get("torch_dtype") or config.get("dtype")) == "bfloat16")
+    if wants_bf16 and (spec.device == "cpu" or bf16_ok is False):
+        errors.append(FieldError("dtype", "errors.bf16_unsupported", {"device": spec.device}))
+
+    # Calibration data.
+    calib_tokens: int | None = None
+    if not spec.data_free and spec.calib_source == "hub":
+        if spec.calib_dataset not in HUB_DATASETS:
+            errors.append(FieldError("calib_dataset", "errors.choice",
+                                     {"value": spec.calib_dataset, "choices": ", ".join(HUB_DATASETS)}))
+        elif not hub_dataset_cached(spec.calib_dataset):
+            online = hub_reachable() if hub_online is None else hub_online
+            if not online:
+                errors.append(FieldError("calib_dataset", "errors.dataset_offline", {"name": spec.calib_dataset}))
+    elif not spec.data_free and spec.calib_source in ("files", "sample"):
+        text = ""
+        if spec.calib_source == "sample":
+            text = sample_corpus()
+        elif not spec.calib_files:
+            errors.append(FieldError("calib_files", "errors.calib_files_required", {}))
+        else:
+            for name in spec.calib_files:
+                real = Path(os.path.realpath(name))
+                if not real.is_file():
+                    errors.append(FieldError("calib_files", "errors.calib_file_missing", {"path": name}))
+                elif real.suffix.lower() not in (".txt", ".jsonl", ".ndjson", ".md"):
+                    errors.append(FieldError("calib_files", "errors.calib_file_type", {"path": name}))
+            if not errors:
+                try:
+                    text = read_calibration_text(spec.calib_files, spec.text_field)
+                except ValueError as exc:
+                    errors.append(FieldError("calib_files", "errors.calib_file_bad", {"error": str(exc)}))
+        if text:
+            calib_tokens, _exact = count_tokens(resolved, text)
+            need = spec.calib_samples * spec.calib_seqlen
+            if calib_tokens < need:
+                errors.append(FieldError("calib_samples", "errors.calib_too_short", {
+                    "tokens": f"{calib_tokens:,}", "need": f"{need:,}",
+                    "fit": str(calib_tokens // max(spec.calib_seqlen, 1)), "seqlen": str(spec.calib_seqlen)}))
+
+    # Output folder.
+    output = _output_dir(spec, resolved, output_root)
+    if isinstance(output, FieldError):
+        errors.append(output)
+    else:
+        if not roots.contains(output):
+            errors.append(FieldError("output_dir", "errors.path_outside_roots",
+                                     {"path": str(output), "roots": ", ".join(str(r) for r in roots.roots)}))
+        elif output == resolved or resolved in output.parents:
+            errors.append(FieldError("output_dir", "errors.output_inside_model", {"path": str(output)}))
+        elif output.exists() and (not output.is_dir() or any(output.iterdir())):
+            errors.append(FieldError("output_dir", "errors.output_exists",
+                                     {"path": str(output), "suggestion": str(free_output_dir(output))}))
+    if errors:
+        return errors
+    assert isinstance(output, Path)
+    size_before = weight_bytes(resolved)
+    est = estimate(info, spec, size_before, calib_tokens)
+    existing = output if output.exists() else next((p for p in output.parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if free < est.size_after_bytes * 1.2:
+        return [FieldError("output_dir", "errors.disk_full", {"need": _gib(est.size_after_bytes * 1.2),
+                                                               "free": _gib(free)})]
+    layers = int(config.get("num_hidden_layers") or 0)
+    return CheckedAwq(spec=replace(spec, output_dir=str(output)), model_dir=resolved, output_dir=output,
+                      info=info, layers=layers, estimates=est)
+
+
+def _output_dir(spec: AwqSpec, model_dir: Path, output_root: Path) -> Path | FieldError:
+    text = (spec.output_dir or "").strip()
+    if not text:
+        return free_output_dir(output_root / default_output_name(model_dir, spec))
+    if "\x00" in text:
+        return FieldError("output_dir", "errors.path_invalid", {"path": text.replace("\x00", "\\0")})
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = output_root / path
+    return Path(os.path.realpath(path))
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def cli_preview(checked: CheckedAwq) -> str | None:
+    """The equivalent `lmdeploy lite auto_awq` command; None for local text, which the CLI cannot take."""
+    spec = checked.spec
+    if not spec.data_free and spec.calib_source != "hub":
+        return None
+    args = ["lmdeploy", "lite", "auto_awq", str(checked.model_dir), "--work-dir", str(checked.output_dir)]
+    if spec.data_free:
+        args += ["--calib-samples", "0"]
+    else:
+        args += ["--calib-dataset", spec.calib_dataset, "--calib-samples", str(spec.calib_samples),
+                 "--calib-seqlen", str(spec.calib_seqlen), "--batch-size", str(spec.batch_size)]
+        if spec.search_scale:
+            args.append("--search-scale")
+    args += ["--w-bits", str(spec.w_bits), "--w-group-size", str(spec.w_group_size), "--dtype", spec.dtype,
+             "--device", spec.device]
+    if spec.w_sym:
+        args.append("--w-sym")
+    if spec.trust_remote_code:
+        args.append("--trust-remote-code")
+    return shlex.join(args)
+
+
+def worker_argv(python: str, job_file: Path) -> list[str]:
+    """The child that runs the job: our worker, which calls LMDeploy's own auto_awq in-process."""
+    return [python, "-m", "webui.workers.awq_worker", str(job_file)]

@@ -54,6 +54,14 @@ class Settings:
     def output_dir(self) -> Path:
         return self.state_dir / "outputs"
 
+    @property
+    def upload_dir(self) -> Path:
+        return self.state_dir / "uploads"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir / "jobs"
+
     def exposure_problem(self) -> str | None:
         """Why this configuration must not start, or None: the console spawns processes, so no open door."""
         if self.auth:

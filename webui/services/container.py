@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from webui.services.gpu import GpuProbe
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessSupervisor
+from webui.services.quantize import JobArgv, JobManager
 from webui.services.serve import ArgvFactory, ServerManager
 from webui.services.store import Store
 from webui.settings import Settings
@@ -23,24 +24,31 @@ class Services:
     roots: ModelRoots
     gpu: GpuProbe
     servers: ServerManager
+    jobs: JobManager
 
     @classmethod
-    def build(cls, settings: Settings, argv_factory: ArgvFactory | None = None) -> Services:
-        for folder in (settings.state_dir, settings.log_dir, settings.output_dir):
+    def build(cls, settings: Settings, argv_factory: ArgvFactory | None = None,
+              job_argv: JobArgv | None = None) -> Services:
+        for folder in (settings.state_dir, settings.log_dir, settings.output_dir, settings.upload_dir,
+                       settings.jobs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_path)
         supervisor = ProcessSupervisor()
-        roots = ModelRoots(settings.model_roots or (settings.state_dir,))
+        # Outputs and uploads are always readable: a quantized model must be servable, an upload usable.
+        roots = ModelRoots((*(settings.model_roots or (settings.state_dir,)), settings.output_dir,
+                            settings.upload_dir))
         gpu = GpuProbe()
-        servers = ServerManager(
-            store, supervisor, roots, gpu, settings.log_dir,
-            python=settings.lmdeploy_python or sys.executable, argv_factory=argv_factory,
-        )
-        return cls(settings, store, supervisor, roots, gpu, servers)
+        python = settings.lmdeploy_python or sys.executable
+        servers = ServerManager(store, supervisor, roots, gpu, settings.log_dir, python=python,
+                                argv_factory=argv_factory)
+        jobs = JobManager(store, supervisor, roots, gpu, settings.output_dir, settings.jobs_dir, python=python,
+                          job_argv=job_argv)
+        return cls(settings, store, supervisor, roots, gpu, servers, jobs)
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""
         keep = self.settings.keep_servers if keep_servers is None else keep_servers
+        self.jobs.shutdown()
         self.servers.shutdown(keep_running=keep)
         self.gpu.close()
         self.store.close()

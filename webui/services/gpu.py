@@ -65,6 +65,19 @@ class GpuProbe:
                                      int(mem.total), int(mem.used)))
         return out
 
+    def bf16_supported(self) -> bool | None:
+        """Whether every GPU computes in bfloat16 (compute capability 8.0+); None when NVML cannot tell."""
+        if self._nvml is None:
+            return None
+        nvml = self._nvml
+        with self._lock:
+            count = nvml.nvmlDeviceGetCount()
+            if count == 0:
+                return None
+            majors = [nvml.nvmlDeviceGetCudaComputeCapability(nvml.nvmlDeviceGetHandleByIndex(i))[0]
+                      for i in range(count)]
+        return min(majors) >= 8
+
     def process_memory(self) -> list[GpuProcessMemory]:
         """Compute processes on every GPU (an api_server's memory sits in its engine child, not its own pid)."""
         if self._nvml is None:

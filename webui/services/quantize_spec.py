@@ -115,10 +115,10 @@ def default_output_name(model_dir: Path, spec: AwqSpec) -> str:
     return SAFE_NAME.sub("-", f"{model_dir.name}-awq-w{spec.w_bits}-g{spec.w_group_size}").strip("-")
 
 
-def free_output_dir(base: Path) -> Path:
-    """base, or base-2, base-3 … : the first that does not exist or is empty."""
+def free_output_dir(base: Path, claimed: frozenset[str] = frozenset()) -> Path:
+    """base, or base-2, base-3 … : the first that is empty or absent and no queued job will write."""
     candidate, n = base, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+    while str(candidate) in claimed or (candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir()))):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
@@ -237,6 +237,7 @@ def check_awq(
     gpu_count: int | None,
     bf16_ok: bool | None = None,
     hub_online: bool | None = None,
+    claimed_outputs: frozenset[str] = frozenset(),
 ) -> CheckedAwq | list[FieldError]:
     """Every reason the job cannot run, or the checked job. Nothing is spawned and nothing is written here."""
     errors: list[FieldError] = []
@@ -301,7 +302,10 @@ def check_awq(
         else:
             for name in spec.calib_files:
                 real = Path(os.path.realpath(name))
-                if not real.is_file():
+                if not roots.contains(real):
+                    errors.append(FieldError("calib_files", "errors.path_outside_roots",
+                                             {"path": name, "roots": ", ".join(str(r) for r in roots.roots)}))
+                elif not real.is_file():
                     errors.append(FieldError("calib_files", "errors.calib_file_missing", {"path": name}))
                 elif real.suffix.lower() not in (".txt", ".jsonl", ".ndjson", ".md"):
                     errors.append(FieldError("calib_files", "errors.calib_file_type", {"path": name}))
@@ -319,10 +323,14 @@ def check_awq(
                     "fit": str(calib_tokens // max(spec.calib_seqlen, 1)), "seqlen": str(spec.calib_seqlen)}))
 
     # Output folder.
-    output = _output_dir(spec, resolved, output_root)
+    output = _output_dir(spec, resolved, output_root, claimed_outputs)
     if isinstance(output, FieldError):
         errors.append(output)
+    elif str(output) in claimed_outputs:
+        errors.append(FieldError("output_dir", "errors.output_claimed",
+                                 {"path": str(output), "suggestion": str(free_output_dir(output, claimed_outputs))}))
     else:
+        suggestion = str(free_output_dir(output, claimed_outputs))
         if not roots.contains(output):
             errors.append(FieldError("output_dir", "errors.path_outside_roots",
                                      {"path": str(output), "roots": ", ".join(str(r) for r in roots.roots)}))
@@ -330,7 +338,7 @@ def check_awq(
             errors.append(FieldError("output_dir", "errors.output_inside_model", {"path": str(output)}))
         elif output.exists() and (not output.is_dir() or any(output.iterdir())):
             errors.append(FieldError("output_dir", "errors.output_exists",
-                                     {"path": str(output), "suggestion": str(free_output_dir(output))}))
+                                     {"path": str(output), "suggestion": suggestion}))
     if errors:
         return errors
     assert isinstance(output, Path)
@@ -346,10 +354,10 @@ def check_awq(
                       info=info, layers=layers, estimates=est)
 
 
-def _output_dir(spec: AwqSpec, model_dir: Path, output_root: Path) -> Path | FieldError:
+def _output_dir(spec: AwqSpec, model_dir: Path, output_root: Path, claimed: frozenset[str]) -> Path | FieldError:
     text = (spec.output_dir or "").strip()
     if not text:
-        return free_output_dir(output_root / default_output_name(model_dir, spec))
+        return free_output_dir(Path(os.path.realpath(output_root)) / default_output_name(model_dir, spec), claimed)
     if "\x00" in text:
         return FieldError("output_dir", "errors.path_invalid", {"path": text.replace("\x00", "\\0")})
     path = Path(text).expanduser()

@@ -1,0 +1,392 @@
+"""AWQ jobs: a queue with one running job per GPU (and one on the CPU), live progress, cancel, history.
+
+Jobs outlive the page and the console: a running job is re-attached after a restart by (pid, create time)
+and its progress file is read on; queued jobs start when their device is free.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from webui.services.awq_progress import progress_from, progress_from_log, read_events
+from webui.services.gpu import GpuProbe
+from webui.services.models import ModelRoots
+from webui.services.processes import ProcessHandle, ProcessSupervisor
+from webui.services.quantize_spec import (
+    SAFE_NAME,
+    AwqSpec,
+    CheckedAwq,
+    check_awq,
+    cli_preview,
+    weight_bytes,
+    worker_argv,
+)
+from webui.services.serve_log import tail
+from webui.services.serve_spec import FieldError
+from webui.services.store import JobRecord, Store
+
+TICK_S = 0.25
+
+
+class JobState(str, enum.Enum):
+    """A job's life: QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED; LOST if it died unwatched."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    LOST = "LOST"
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """Read model of one job for the UI and the scripting API."""
+
+    id: str
+    state: str
+    phase: str
+    layer: int
+    layers: int
+    fraction: float
+    elapsed_seconds: float | None
+    eta_seconds: float | None
+    queue_position: int | None
+    model_path: str
+    output_dir: str
+    device: str
+    summary: str
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    error: str
+    peak_ram_bytes: int
+    peak_gpu_bytes: int
+    result: dict[str, Any]
+    command: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """The queued job, or the field errors that stopped it (then nothing was spawned or written)."""
+
+    job: JobSnapshot | None
+    errors: tuple[FieldError, ...] = ()
+
+
+JobArgv = Callable[[Path], list[str]]
+
+
+class JobManager:
+    """Owns every AWQ job of this console; app-scoped and shared by all browser sessions."""
+
+    def __init__(
+        self,
+        store: Store,
+        supervisor: ProcessSupervisor,
+        roots: ModelRoots,
+        gpu: GpuProbe,
+        output_root: Path,
+        jobs_dir: Path,
+        python: str,
+        job_argv: JobArgv | None = None,
+    ) -> None:
+        self._store = store
+        self._supervisor = supervisor
+        self._roots = roots
+        self._gpu = gpu
+        self._output_root = output_root
+        self._jobs_dir = jobs_dir
+        self._job_argv = job_argv or (lambda job_file: worker_argv(python, job_file))
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._reattach()
+        self._thread = threading.Thread(target=self._monitor, name="job-monitor", daemon=True)
+        self._thread.start()
+
+    # queries -------------------------------------------------------------------------------------
+    def check(self, spec: AwqSpec) -> CheckedAwq | list[FieldError]:
+        return check_awq(spec, self._roots, self._output_root, self._gpu.device_count(),
+                         bf16_ok=self._gpu.bf16_supported(), claimed_outputs=self._claimed_outputs())
+
+    def preview(self, checked: CheckedAwq) -> str | None:
+        return cli_preview(checked)
+
+    def list(self) -> list[JobSnapshot]:
+        records = self._store.list_jobs()
+        queue = self._queue(records)
+        return [self._snapshot(r, queue) for r in records]
+
+    def get(self, job_id: str) -> JobSnapshot | None:
+        record = self._store.get_job(job_id)
+        return self._snapshot(record, self._queue(self._store.list_jobs())) if record else None
+
+    def log(self, job_id: str, max_lines: int = 200) -> list[str]:
+        record = self._store.get_job(job_id)
+        return tail(record.log_path, max_lines=max_lines) if record and record.log_path else []
+
+    # actions -------------------------------------------------------------------------------------
+    def accept_upload(self, temp_path: str, upload_dir: Path) -> str:
+        """Keep a browser upload under the state folder (inside the roots) and return its new path."""
+        source = Path(temp_path)
+        upload_dir.mkdir(parents=True, exist_ok=True)
+        target = upload_dir / f"{uuid.uuid4().hex[:8]}-{SAFE_NAME.sub('-', source.name)}"
+        shutil.copyfile(source, target)
+        return str(target)
+
+    def submit(self, spec: AwqSpec) -> SubmitOutcome:
+        """Pre-flight, then queue. The job starts as soon as its device is free."""
+        with self._lock:
+            checked = self.check(spec)
+            if isinstance(checked, list):
+                return SubmitOutcome(None, tuple(checked))
+            job_id = uuid.uuid4().hex[:8]
+            folder = self._jobs_dir / job_id
+            folder.mkdir(parents=True, exist_ok=True)
+            calib_files = self._keep_calibration_files(checked.spec, folder)
+            job_file = folder / "job.json"
+            job_file.write_text(json.dumps({
+                "spec": checked.spec.to_json_dict(),
+                "model_dir": str(checked.model_dir),
+                "output_dir": str(checked.output_dir),
+                "partial_dir": str(checked.output_dir) + ".partial",
+                "progress_path": str(folder / "progress.jsonl"),
+                "calib_files": calib_files,
+                "layers": checked.layers,
+                "size_before_bytes": checked.estimates.size_before_bytes,
+                "command": cli_preview(checked),
+            }, indent=2))
+            self._store.insert_job(JobRecord(
+                id=job_id, kind="awq", spec_json=json.dumps(checked.spec.to_json_dict()), state=JobState.QUEUED,
+                resource=checked.spec.resource, created_at=time.time(), output_dir=str(checked.output_dir),
+                job_file=str(job_file), log_path=str(folder / "job.log"),
+                progress_path=str(folder / "progress.jsonl"),
+            ))
+            self._store.add_event(job_id, "queued", checked.spec.model_path)
+        self._wake.set()
+        deadline = time.monotonic() + 2.0  # let the scheduler pick it up, so the answer shows RUNNING
+        while time.monotonic() < deadline and self._store.get_job(job_id).state == JobState.QUEUED:
+            if self._queue(self._store.list_jobs()).get(job_id, 0) > 1:
+                break
+            time.sleep(0.02)
+        return SubmitOutcome(self.get(job_id))
+
+    def cancel(self, job_id: str) -> JobSnapshot:
+        """Dequeue, or stop the whole process tree and remove the half-written output."""
+        record = self._store.get_job(job_id)
+        if record is None:
+            raise KeyError(job_id)
+        with self._lock:
+            record = self._store.get_job(job_id)
+            if record.state == JobState.QUEUED:
+                self._finish(record, JobState.CANCELLED, error="")
+            elif record.state == JobState.RUNNING:
+                self._store.update_job(job_id, state=JobState.CANCELLED, ended_at=time.time())
+                handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
+                self._supervisor.stop(handle, grace_s=5.0)
+                self._remove_partial(record)
+                self._store.update_job(job_id, exit_code=self._supervisor.exit_code(handle))
+                self._store.add_event(job_id, "cancelled")
+        self._wake.set()
+        snap = self.get(job_id)
+        assert snap is not None
+        return snap
+
+    def shutdown(self) -> None:
+        """Console exit: running jobs keep running and are re-attached next start (they can take hours)."""
+        self._closing.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def wait_for(self, job_id: str, states: set[str], timeout_s: float) -> JobSnapshot:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            snap = self.get(job_id)
+            if snap is None or snap.state in states or time.monotonic() > deadline:
+                assert snap is not None
+                return snap
+            time.sleep(0.05)
+
+    # internals -----------------------------------------------------------------------------------
+    def _keep_calibration_files(self, spec: AwqSpec, folder: Path) -> list[str]:
+        """Copy calibration files next to the job, so uploads and temp files may vanish meanwhile."""
+        kept = []
+        if spec.calib_source == "files" and not spec.data_free:
+            for n, name in enumerate(spec.calib_files):
+                target = folder / f"calib-{n}{Path(name).suffix.lower()}"
+                shutil.copyfile(name, target)
+                kept.append(str(target))
+        return kept
+
+    def _claimed_outputs(self) -> frozenset[str]:
+        return frozenset(r.output_dir for r in self._store.list_jobs()
+                         if r.state in (JobState.QUEUED, JobState.RUNNING))
+
+    def _queue(self, records: list[JobRecord]) -> dict[str, int]:
+        """Queue position per queued job (1 = next), in submission order per device."""
+        positions: dict[str, int] = {}
+        per_resource: dict[str, int] = {}
+        for r in sorted(records, key=lambda r: r.created_at):
+            if r.state == JobState.QUEUED:
+                per_resource[r.resource] = per_resource.get(r.resource, 0) + 1
+                positions[r.id] = per_resource[r.resource]
+        return positions
+
+    def _reattach(self) -> None:
+        for record in self._store.list_jobs():
+            if record.state != JobState.RUNNING:
+                continue
+            handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
+            if record.pid is not None and self._supervisor.is_alive(handle):
+                self._store.add_event(record.id, "reattached", f"pid {record.pid}")
+            else:
+                self._settle_dead(record, lost=True)
+
+    def _monitor(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._tick()
+            except Exception as exc:  # one bad row must not stop every job's watcher
+                self._store.add_event("console", "job_monitor_error", repr(exc)[:300])
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        with self._lock:
+            records = self._store.list_jobs()
+            busy = set()
+            for record in records:
+                if record.state != JobState.RUNNING:
+                    continue
+                handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
+                if self._supervisor.is_alive(handle):
+                    busy.add(record.resource)
+                    self._sample_memory(record, handle)
+                else:
+                    self._settle_dead(record, lost=False)
+            for record in sorted(records, key=lambda r: r.created_at):
+                if record.state == JobState.QUEUED and record.resource not in busy:
+                    busy.add(record.resource)
+                    self._start(record)
+
+    def _start(self, record: JobRecord) -> None:
+        output = Path(record.output_dir)
+        if output.exists() and (not output.is_dir() or any(output.iterdir())):
+            self._finish(record, JobState.FAILED, error=f"output folder {output} was filled while the job waited")
+            return
+        handle = self._supervisor.spawn(self._job_argv(Path(record.job_file)), Path(record.log_path))
+        self._store.update_job(record.id, state=JobState.RUNNING, pid=handle.pid, create_time=handle.create_time,
+                               started_at=time.time())
+        self._store.add_event(record.id, "started", f"pid {handle.pid}")
+
+    def _sample_memory(self, record: JobRecord, handle: ProcessHandle) -> None:
+        procs = self._supervisor.tree(handle)
+        ram = 0
+        for proc in procs:
+            try:
+                ram += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        gpu = self._gpu.memory_of({p.pid for p in procs}) if self._gpu.available else 0
+        if ram > record.peak_ram_bytes or gpu > record.peak_gpu_bytes:
+            self._store.update_job(record.id, peak_ram_bytes=max(ram, record.peak_ram_bytes),
+                                   peak_gpu_bytes=max(gpu, record.peak_gpu_bytes))
+
+    def _settle_dead(self, record: JobRecord, lost: bool) -> None:
+        """The child has exited: decide from its progress file and output what happened."""
+        handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
+        code = self._supervisor.exit_code(handle)
+        events = read_events(record.progress_path)
+        done = any(e.get("phase") == "done" for e in events)
+        output = Path(record.output_dir)
+        if done and (output / "config.json").is_file():
+            self._finish(record, JobState.SUCCEEDED, error="", exit_code=code, result=self._result(record, events))
+            return
+        errors = [str(e.get("message", "")) for e in events if e.get("phase") == "error"]
+        error = errors[-1] if errors else "\n".join(tail(record.log_path, max_lines=8))
+        self._remove_partial(record)
+        state = JobState.LOST if lost and not errors else JobState.FAILED
+        self._finish(record, state, error=error, exit_code=code)
+
+    def _finish(self, record: JobRecord, state: JobState, error: str, exit_code: int | None = None,
+                result: dict[str, Any] | None = None) -> None:
+        self._store.update_job(record.id, state=state, ended_at=time.time(), error=error[-4000:],
+                               exit_code=exit_code, result_json=json.dumps(result) if result else "")
+        self._store.add_event(record.id, state.value.lower(), error[:300])
+
+    def _remove_partial(self, record: JobRecord) -> None:
+        partial = Path(record.output_dir + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def _result(self, record: JobRecord, events: list[dict[str, Any]]) -> dict[str, Any]:
+        job = json.loads(Path(record.job_file).read_text())
+        output = Path(record.output_dir)
+        size_after = weight_bytes(output)
+        size_before = int(job.get("size_before_bytes") or 0)
+        try:
+            quant_config = json.loads((output / "config.json").read_text()).get("quantization_config", {})
+        except (OSError, ValueError):
+            quant_config = {}
+        reported_gpu = max((float(e.get("gpu_gb", 0)) for e in events), default=0.0)
+        seconds = next((float(e["seconds"]) for e in reversed(events) if e.get("phase") == "done"), None)
+        fresh = self._store.get_job(record.id) or record
+        return {
+            "size_before_bytes": size_before,
+            "size_after_bytes": size_after,
+            "ratio": round(size_before / size_after, 2) if size_after else None,
+            "awq_seconds": seconds,
+            "wall_seconds": round(time.time() - (fresh.started_at or time.time()), 2),
+            "peak_ram_bytes": fresh.peak_ram_bytes,
+            "peak_gpu_bytes": max(fresh.peak_gpu_bytes, int(reported_gpu * (1 << 30))),
+            "quantization_config": quant_config,
+        }
+
+    def _snapshot(self, record: JobRecord, queue: dict[str, int]) -> JobSnapshot:
+        spec = AwqSpec.from_json_dict(record.spec)
+        job = {}
+        try:
+            job = json.loads(Path(record.job_file).read_text())
+        except (OSError, ValueError):
+            pass
+        layers = int(job.get("layers") or 0)
+        events = read_events(record.progress_path)
+        progress = (progress_from(layers, spec.data_free, events) if events
+                    else progress_from_log(layers, spec.data_free, tail(record.log_path, 2000)))
+        if record.state == JobState.SUCCEEDED:
+            progress.phase = "done"
+        end = record.ended_at or time.time()
+        elapsed = end - record.started_at if record.started_at else None
+        eta = None
+        if record.state == JobState.RUNNING and elapsed and progress.fraction > 0.02:
+            eta = max(0.0, elapsed / progress.fraction - elapsed)
+        calib = "data-free" if spec.data_free else (
+            spec.calib_dataset if spec.calib_source == "hub" else spec.calib_source)
+        summary = (f"w{spec.w_bits} g{spec.w_group_size}{' sym' if spec.w_sym else ''} · {calib}"
+                   + ("" if spec.data_free else f" {spec.calib_samples}×{spec.calib_seqlen}")
+                   + (" · search-scale" if spec.search_scale else "") + f" · {spec.device}")
+        return JobSnapshot(
+            id=record.id, state=record.state, phase=progress.phase, layer=progress.layer, layers=layers,
+            fraction=1.0 if record.state == JobState.SUCCEEDED else progress.fraction,
+            elapsed_seconds=elapsed, eta_seconds=eta, queue_position=queue.get(record.id),
+            model_path=spec.model_path, output_dir=record.output_dir, device=spec.device, summary=summary,
+            created_at=record.created_at, started_at=record.started_at, ended_at=record.ended_at,
+            exit_code=record.exit_code, error=record.error, peak_ram_bytes=record.peak_ram_bytes,
+            peak_gpu_bytes=record.peak_gpu_bytes, result=record.result, command=job.get("command") or "",
+        )

@@ -59,6 +59,7 @@ def test_fill_the_form_preview_start_and_see_the_state_change(browser, console_u
     url, model = console_url
     page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1200})
     page.goto(url)
+    page.get_by_role("tab", name="Serve").click()
     command = page.locator("#serve-command")
     status = page.locator("#serve-form-status")
 
@@ -97,6 +98,7 @@ def test_fill_the_form_preview_start_and_see_the_state_change(browser, console_u
 
     # A reload shows the same truth, read back from the services.
     page.reload()
+    page.get_by_role("tab", name="Serve").click()
     expect(page.locator("#serve-detail")).to_contain_text("Failed", timeout=TIMEOUT_MS)
     page.close()
 
@@ -107,6 +109,7 @@ def test_chinese_browser_gets_chinese_labels_and_messages(browser, console_url) 
     url, _ = console_url
     page = browser.new_page(locale="zh-CN", viewport={"width": 1400, "height": 1200})
     page.goto(url)
+    page.get_by_role("tab", name="部署服务").click()
     expect(page.locator("#serve-start")).to_have_text("启动服务", timeout=TIMEOUT_MS)
     expect(page.locator("#serve-form-status")).to_contain_text("可以启动", timeout=TIMEOUT_MS)
     extra = page.locator("#serve-extra-args textarea, #serve-extra-args input").first

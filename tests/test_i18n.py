@@ -10,7 +10,10 @@ from gradio.i18n import I18nData
 
 from webui.app import build_app
 from webui.i18n.catalog import Catalog
+from webui.services.awq_progress import PHASES as AWQ_PHASES
 from webui.services.container import Services
+from webui.services.quantize import JobState
+from webui.services.quantize_spec import AwqSpec
 from webui.services.serve import ServerState
 from webui.services.serve_log import HINT_PATTERNS, PHASE_KEYS
 from webui.services.serve_spec import ServerSpec
@@ -27,10 +30,17 @@ def catalog() -> Catalog:
 def ui_keys(services: Services, catalog: Catalog) -> set[str]:
     demo, _ = build_app(services, catalog)
     keys: set[str] = set()
+
+    def collect(value: object) -> None:
+        if isinstance(value, I18nData):
+            keys.add(value.key)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+
     for block in demo.blocks.values():
         for value in vars(block).values():
-            if isinstance(value, I18nData):
-                keys.add(value.key)
+            collect(value)
     return keys
 
 
@@ -60,6 +70,9 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {key for key, _ in HINT_PATTERNS} | {"hints.unknown"}
     used |= {f"serve.{name}.label" for name in ServerSpec.__dataclass_fields__}
     used |= {f"serve.col.{c}" for c in ("active", "id", "state", "model", "config", "uptime")}
+    used |= {f"quantize.state.{s.value}" for s in JobState} | {f"quantize.phase.{p}" for p in AWQ_PHASES}
+    used |= {f"quantize.{name}.label" for name in AwqSpec.__dataclass_fields__}
+    used |= {f"quantize.col.{c}" for c in ("id", "state", "model", "settings", "progress", "time")}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

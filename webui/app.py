@@ -8,6 +8,7 @@ import gradio as gr
 
 from webui.i18n.catalog import Catalog
 from webui.services.container import Services
+from webui.ui.quantize_tab import QuantizeHandlers, build_quantize_tab
 from webui.ui.serve_tab import ServeHandlers, build_serve_tab
 
 CSS = """
@@ -15,7 +16,11 @@ CSS = """
 .state-ready { background: #d1fae5; color: #065f46; }
 .state-starting, .state-stopping { background: #fef3c7; color: #92400e; }
 .state-failed, .state-lost, .state-unreachable { background: #fee2e2; color: #991b1b; }
-.state-stopped { background: #e5e7eb; color: #374151; }
+.state-stopped, .state-cancelled, .state-queued { background: #e5e7eb; color: #374151; }
+.state-running { background: #fef3c7; color: #92400e; }
+.state-succeeded { background: #d1fae5; color: #065f46; }
+#quantize-detail progress { width: 40%; vertical-align: middle; }
+#quantize-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
 #serve-detail progress { width: 40%; vertical-align: middle; }
 #serve-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
 """
@@ -25,14 +30,33 @@ def build_i18n(catalog: Catalog) -> gr.I18n:
     return gr.I18n(**catalog.messages)
 
 
+def _timers(quantize: bool, serve: bool):
+    def switch() -> tuple[gr.Timer, gr.Timer]:
+        return gr.Timer(active=quantize), gr.Timer(active=serve)
+
+    return switch
+
+
 def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Blocks, dict[str, Any]]:
     """The console's Blocks and the keyword arguments that launch() must receive with it."""
     catalog = catalog or Catalog.load()
     i18n = build_i18n(catalog)
+    serve = ServeHandlers(services.servers, services.roots, catalog)
+    quantize = QuantizeHandlers(services.jobs, services.roots, services.settings, catalog, serve)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
-        with gr.Tabs():
-            with gr.Tab(i18n("tabs.serve"), id="serve"):
-                build_serve_tab(demo, ServeHandlers(services.servers, services.roots, catalog), i18n)
+        with gr.Tabs() as tabs:
+            with gr.Tab(i18n("tabs.quantize"), id="quantize") as quantize_tab:
+                serve_this, job, quantize_message, quantize_timer = build_quantize_tab(demo, quantize, i18n)
+            with gr.Tab(i18n("tabs.serve"), id="serve") as serve_tab:
+                serve_form, serve_timer = build_serve_tab(demo, serve, i18n)
+        # Only the visible tab polls its services.
+        quantize_tab.select(_timers(True, False), None, [quantize_timer, serve_timer], api_visibility="private")
+        serve_tab.select(_timers(False, True), None, [quantize_timer, serve_timer], api_visibility="private")
+        demo.load(_timers(True, False), None, [quantize_timer, serve_timer], api_visibility="private")
+        serve_this.click(quantize.serve_this, job,
+                         [serve_form.model_path, serve_form.model_format, tabs, quantize_message],
+                         api_visibility="private").then(
+            _timers(False, True), None, [quantize_timer, serve_timer], api_visibility="private")
     launch_kwargs: dict[str, Any] = {"i18n": i18n, "css": CSS, "theme": gr.themes.Soft()}
     return demo, launch_kwargs

@@ -24,11 +24,13 @@ from webui.services.gpu import GpuProbe
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessHandle, ProcessSupervisor
 from webui.services.quantize_spec import (
+    HUB_DATASETS,
     SAFE_NAME,
     AwqSpec,
     CheckedAwq,
     check_awq,
     cli_preview,
+    hub_reachable,
     weight_bytes,
     worker_argv,
 )
@@ -37,6 +39,7 @@ from webui.services.serve_spec import FieldError
 from webui.services.store import JobRecord, Store
 
 TICK_S = 0.25
+HUB_RECHECK_S = 60.0
 
 
 class JobState(str, enum.Enum):
@@ -116,14 +119,27 @@ class JobManager:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._hub_seen: tuple[float, bool] = (-HUB_RECHECK_S, False)
         self._reattach()
         self._thread = threading.Thread(target=self._monitor, name="job-monitor", daemon=True)
         self._thread.start()
 
     # queries -------------------------------------------------------------------------------------
     def check(self, spec: AwqSpec) -> CheckedAwq | list[FieldError]:
+        online = None
+        if spec.calib_source == "hub" and not spec.data_free and spec.calib_dataset in HUB_DATASETS:
+            online = self._hub_online()
         return check_awq(spec, self._roots, self._output_root, self._gpu.device_count(),
-                         bf16_ok=self._gpu.bf16_supported(), claimed_outputs=self._claimed_outputs())
+                         bf16_ok=self._gpu.bf16_supported(), hub_online=online,
+                         claimed_outputs=self._claimed_outputs())
+
+    def _hub_online(self) -> bool:
+        """Whether the hub is reachable, remembered for a minute so form edits stay quick."""
+        checked_at, online = self._hub_seen
+        if time.monotonic() - checked_at > HUB_RECHECK_S:
+            online = hub_reachable()
+            self._hub_seen = (time.monotonic(), online)
+        return online
 
     def preview(self, checked: CheckedAwq) -> str | None:
         return cli_preview(checked)

@@ -96,10 +96,12 @@ class ServeHandlers:
             extra_args=extra_args or "",
         )
 
-    def format_errors(self, errors: list[FieldError] | tuple[FieldError, ...], locale: str) -> str:
+    def format_errors(self, errors: list[FieldError] | tuple[FieldError, ...], locale: str,
+                      prefix: str = "serve") -> str:
+        """A list naming each refused field by its label (`<prefix>.<field>.label`) with the fix."""
         lines = []
         for err in errors:
-            field = self.catalog.text(f"serve.{err.field}.label", locale)
+            field = self.catalog.text(f"{prefix}.{err.field}.label", locale)
             lines.append(f"- **{field}**: {self.catalog.text(err.key, locale, **err.params)}")
         heading = self.catalog.text("serve.msg.errors_heading", locale)
         return f"**{heading}**\n\n" + "\n".join(lines)
@@ -347,8 +349,8 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
-def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> None:
-    """Lay out the Serve tab inside the current Blocks and wire its events."""
+def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> tuple[ServeForm, gr.Timer]:
+    """Lay out the Serve tab inside the current Blocks and wire its events; returns the form and its timer."""
     default = handlers.manager.default_spec()
     with gr.Row():
         with gr.Column(scale=5):
@@ -459,3 +461,4 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
     # JSON read endpoints for scripts (gradio_client), independent of what the page shows.
     gr.api(handlers.list_servers_api, api_name="list_servers")
     gr.api(handlers.server_log_api, api_name="server_log")
+    return form, timer

@@ -1,0 +1,374 @@
+"""The Quantize tab: an AWQ W4A16 form with pre-flight, a job queue with live progress, results, Serve this."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from webui.i18n.catalog import Catalog
+from webui.services.models import ModelRoots
+from webui.services.quantize import JobManager, JobSnapshot
+from webui.services.quantize_spec import HUB_DATASETS, AwqSpec, CheckedAwq
+from webui.settings import Settings
+from webui.ui.serve_tab import ServeHandlers, _duration, _int, _short_model, locale_of
+
+LOG_LINES = 200
+ACTIVE_STATES = ("QUEUED", "RUNNING")
+
+
+def _gib(n: float | int | None) -> str:
+    return f"{(n or 0) / (1 << 30):.2f} GiB"
+
+
+def _size(n: float | int | None) -> str:
+    n = float(n or 0)
+    return f"{n / (1 << 30):.2f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MB"
+
+
+@dataclass
+class QuantizeForm:
+    """The form's components in AwqSpec field order (uploads are copied into calib_paths as they arrive)."""
+
+    model_path: gr.Dropdown
+    output_dir: gr.Textbox
+    calib_source: gr.Radio
+    calib_dataset: gr.Dropdown
+    calib_paths: gr.Textbox
+    text_field: gr.Textbox
+    calib_samples: gr.Number
+    calib_seqlen: gr.Number
+    batch_size: gr.Number
+    w_bits: gr.Radio
+    w_group_size: gr.Dropdown
+    w_sym: gr.Checkbox
+    search_scale: gr.Checkbox
+    dtype: gr.Radio
+    device: gr.Radio
+    trust_remote_code: gr.Checkbox
+
+    def inputs(self) -> list[gr.components.Component]:
+        return list(self.__dict__.values())
+
+
+class QuantizeHandlers:
+    """Event handlers of the Quantize tab; they command the JobManager and read its snapshots."""
+
+    def __init__(self, jobs: JobManager, roots: ModelRoots, settings: Settings, catalog: Catalog,
+                 serve: ServeHandlers) -> None:
+        self.jobs = jobs
+        self.roots = roots
+        self.settings = settings
+        self.catalog = catalog
+        self.serve = serve
+
+    def spec_from_form(
+        self, model_path: str | None, output_dir: str, calib_source: str, calib_dataset: str,
+        calib_paths: str, text_field: str, calib_samples: float | None,
+        calib_seqlen: float | None, batch_size: float | None, w_bits: int | str, w_group_size: int | str,
+        w_sym: bool, search_scale: bool, dtype: str, device: str, trust_remote_code: bool,
+    ) -> AwqSpec:
+        files = [line.strip() for line in (calib_paths or "").splitlines() if line.strip()]
+        return AwqSpec(
+            model_path=(model_path or "").strip(), output_dir=(output_dir or "").strip(), calib_source=calib_source,
+            calib_dataset=calib_dataset, calib_files=tuple(files), text_field=(text_field or "text").strip(),
+            calib_samples=_int(calib_samples, 128), calib_seqlen=_int(calib_seqlen, 2048),
+            batch_size=_int(batch_size, 1), w_bits=_int(w_bits, 4), w_group_size=_int(w_group_size, 128),
+            w_sym=bool(w_sym), search_scale=bool(search_scale), dtype=dtype, device=device,
+            trust_remote_code=bool(trust_remote_code),
+        )
+
+    # form ----------------------------------------------------------------------------------------
+    def preflight(
+        self, model_path: str | None, output_dir: str, calib_source: str, calib_dataset: str,
+        calib_paths: str, text_field: str, calib_samples: float | None,
+        calib_seqlen: float | None, batch_size: float | None, w_bits: int | str, w_group_size: int | str,
+        w_sym: bool, search_scale: bool, dtype: str, device: str, trust_remote_code: bool, request: gr.Request,
+    ) -> tuple[str, str]:
+        """What the job would do (sizes, memory, time) or what is wrong; and the equivalent CLI command."""
+        locale = locale_of(request)
+        spec = self.spec_from_form(model_path, output_dir, calib_source, calib_dataset, calib_paths, text_field,
+                                   calib_samples, calib_seqlen, batch_size, w_bits, w_group_size, w_sym,
+                                   search_scale, dtype, device, trust_remote_code)
+        checked = self.jobs.check(spec)
+        if isinstance(checked, list):
+            return self.serve.format_errors(checked, locale, prefix="quantize"), ""
+        return self._estimate_markdown(checked, locale), self.jobs.preview(checked) or self.catalog.text(
+            "quantize.msg.no_cli", locale)
+
+    def _estimate_markdown(self, checked: CheckedAwq, locale: str) -> str:
+        t = self.catalog.text
+        e = checked.estimates
+        lines = [f"**{t('quantize.msg.ready', locale)}**", "",
+                 f"- {t('quantize.detail.output', locale)}: `{checked.output_dir}`",
+                 f"- {t('quantize.detail.architecture', locale)}: {checked.info.architecture}, "
+                 f"{checked.layers} {t('quantize.detail.layers', locale)}, ~{e.params / 1e9:.2f} B",
+                 f"- {t('quantize.detail.size', locale)}: {_size(e.size_before_bytes)} → ~{_size(e.size_after_bytes)}",
+                 f"- {t('quantize.detail.peak', locale)}: RAM ~{_gib(e.ram_peak_bytes)}"
+                 + (f", GPU ~{_gib(e.gpu_peak_bytes)}" if checked.spec.device == "cuda" else ""),
+                 f"- {t('quantize.detail.duration', locale)}: ~{_duration(e.seconds)}"]
+        if e.calib_tokens is not None:
+            lines.append(f"- {t('quantize.detail.calib_tokens', locale)}: {e.calib_tokens:,}")
+        return "\n".join(lines)
+
+    def refresh_models(self, current: str | None) -> gr.Dropdown:
+        return self.serve.refresh_models(current)
+
+    def add_uploads(self, uploads: list[str] | None, calib_paths: str) -> tuple[str, None]:
+        """Keep uploaded files under the state folder and list them with the other calibration paths."""
+        paths = [line for line in (calib_paths or "").splitlines() if line.strip()]
+        for upload in uploads or []:
+            paths.append(self.jobs.accept_upload(upload if isinstance(upload, str) else upload.name,
+                                                 self.settings.upload_dir))
+        return "\n".join(paths), None
+
+    def calibration_defaults(self, calib_source: str, samples: float | None, seqlen: float | None) -> tuple[
+        gr.Dropdown, gr.File, gr.Textbox, gr.Textbox, gr.Number, gr.Number
+    ]:
+        """Show the inputs the chosen calibration needs; the sample corpus holds about 100k tokens."""
+        if calib_source == "sample" and _int(samples) * _int(seqlen) > 65_536:
+            samples, seqlen = 64, 1024
+        files = calib_source == "files"
+        return (gr.Dropdown(visible=calib_source == "hub"), gr.File(visible=files), gr.Textbox(visible=files),
+                gr.Textbox(visible=files), gr.Number(value=samples, visible=calib_source != "none"),
+                gr.Number(value=seqlen, visible=calib_source != "none"))
+
+    # actions -------------------------------------------------------------------------------------
+    def submit_quantize(
+        self, model_path: str | None, output_dir: str, calib_source: str, calib_dataset: str,
+        calib_paths: str, text_field: str, calib_samples: float | None,
+        calib_seqlen: float | None, batch_size: float | None, w_bits: int | str, w_group_size: int | str,
+        w_sym: bool, search_scale: bool, dtype: str, device: str, trust_remote_code: bool, request: gr.Request,
+    ) -> tuple[str, str]:
+        """Queue an AWQ job; returns a message and the job id ("" if refused)."""
+        locale = locale_of(request)
+        spec = self.spec_from_form(model_path, output_dir, calib_source, calib_dataset, calib_paths, text_field,
+                                   calib_samples, calib_seqlen, batch_size, w_bits, w_group_size, w_sym,
+                                   search_scale, dtype, device, trust_remote_code)
+        outcome = self.jobs.submit(spec)
+        if outcome.job is None:
+            return self.serve.format_errors(outcome.errors, locale, prefix="quantize"), ""
+        job = outcome.job
+        key = "quantize.msg.queued" if job.state == "QUEUED" else "quantize.msg.started"
+        return self.catalog.text(key, locale, id=job.id, position=job.queue_position or 1), job.id
+
+    def cancel_job(self, job_id: str | None, request: gr.Request) -> str:
+        locale = locale_of(request)
+        if not job_id:
+            return self.catalog.text("quantize.msg.no_selection", locale)
+        try:
+            job = self.jobs.cancel(job_id)
+        except KeyError:
+            return self.catalog.text("errors.unknown_job", locale, id=job_id)
+        return self.catalog.text("quantize.msg.cancelled", locale, id=job.id,
+                                 state=self.catalog.text(f"quantize.state.{job.state}", locale))
+
+    def serve_this(self, job_id: str | None, request: gr.Request) -> tuple[gr.Dropdown, str, gr.Tabs, str]:
+        """Fill the Serve form with the job's output as an AWQ model and switch to the Serve tab."""
+        locale = locale_of(request)
+        job = self.jobs.get(job_id) if job_id else None
+        if job is None or job.state != "SUCCEEDED":
+            return gr.Dropdown(), gr.skip(), gr.Tabs(), self.catalog.text("quantize.msg.serve_needs_result", locale)
+        choices = [str(p) for p in self.roots.discover()]
+        return (gr.Dropdown(choices=choices, value=job.output_dir), "awq", gr.Tabs(selected="serve"),
+                self.catalog.text("quantize.msg.serving", locale, path=job.output_dir))
+
+    # views ---------------------------------------------------------------------------------------
+    def list_jobs(self, request: gr.Request) -> pd.DataFrame:
+        locale = locale_of(request)
+        t = self.catalog.text
+        columns = [t(f"quantize.col.{c}", locale) for c in ("id", "state", "model", "settings", "progress", "time")]
+        rows = []
+        for j in self.jobs.list():
+            state = t(f"quantize.state.{j.state}", locale)
+            if j.queue_position:
+                state += f" #{j.queue_position}"
+            rows.append([j.id, state, _short_model(j.model_path), j.summary, f"{j.fraction * 100:.0f}%",
+                         _duration(j.elapsed_seconds)])
+        return pd.DataFrame(rows, columns=columns)
+
+    def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[str, str]:
+        locale = locale_of(request)
+        job = self.jobs.get(job_id) if job_id else None
+        if job is None:
+            return self.catalog.text("quantize.msg.no_selection", locale), ""
+        return self._progress_markdown(job, locale), "\n".join(self.jobs.log(job.id, LOG_LINES))
+
+    def refresh(self, job_id: str | None, request: gr.Request) -> tuple[pd.DataFrame, gr.Dropdown, str, str]:
+        detail, log = self.job_detail(job_id, request)
+        return self.list_jobs(request), self._job_choices(job_id), detail, log
+
+    def select_job(self, job_id: str | None, current: str | None) -> gr.Dropdown:
+        return self._job_choices(job_id or current)
+
+    def pick_from_table(self, table: pd.DataFrame, evt: gr.SelectData) -> str | None:
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        try:
+            return str(table.iloc[int(row), 0])
+        except (IndexError, ValueError, TypeError):
+            return None
+
+    def load_page(self, job_id: str | None, request: gr.Request) -> tuple[
+        gr.Dropdown, pd.DataFrame, gr.Dropdown, str, str
+    ]:
+        jobs = self.jobs.list()
+        running = [j for j in jobs if j.state in ACTIVE_STATES]
+        selected = job_id or (running[0].id if running else (jobs[0].id if jobs else None))
+        table, choices, detail, log = self.refresh(selected, request)
+        return self.refresh_models(None), table, choices, detail, log
+
+    # scripting -----------------------------------------------------------------------------------
+    def list_jobs_api(self) -> list[dict]:
+        """Every job as a JSON object: state, phase, layer k/N, fraction, timings, result."""
+        return [j.as_dict() for j in self.jobs.list()]
+
+    def job_progress_api(self, job_id: str) -> dict:
+        """One job's progress and result as a JSON object (empty if the id is unknown)."""
+        job = self.jobs.get(job_id)
+        return job.as_dict() if job else {}
+
+    # helpers -------------------------------------------------------------------------------------
+    def _job_choices(self, selected: str | None) -> gr.Dropdown:
+        jobs = self.jobs.list()
+        ids = {j.id for j in jobs}
+        choices = [(f"{j.id} · {j.state} · {_short_model(j.model_path)}", j.id) for j in jobs]
+        return gr.Dropdown(choices=choices, value=selected if selected in ids else (jobs[0].id if jobs else None))
+
+    def _progress_markdown(self, j: JobSnapshot, locale: str) -> str:
+        t = self.catalog.text
+        state = t(f"quantize.state.{j.state}", locale)
+        lines = [f"### <span class='state state-{j.state.lower()}'>{state}</span> `{j.id}` · {html.escape(j.summary)}"]
+        if j.state in ACTIVE_STATES:
+            pct = int(j.fraction * 100)
+            phase = t(f"quantize.phase.{j.phase}", locale)
+            layer = f" · {t('quantize.detail.layer', locale)} {j.layer}/{j.layers}" if j.layers and j.layer else ""
+            lines.append(f"**{phase}**{layer} <progress value='{pct}' max='100'></progress> {pct}%")
+            timing = []
+            if j.elapsed_seconds is not None:
+                timing.append(f"{t('quantize.detail.elapsed', locale)} {_duration(j.elapsed_seconds)}")
+            if j.eta_seconds is not None:
+                timing.append(f"{t('quantize.detail.eta', locale)} {_duration(j.eta_seconds)}")
+            if j.queue_position:
+                timing.append(t("quantize.detail.queue", locale, position=j.queue_position))
+            if timing:
+                lines.append(" · ".join(timing))
+        lines.append(f"- {t('quantize.detail.output', locale)}: `{j.output_dir}`")
+        r = j.result
+        if j.state == "SUCCEEDED" and r:
+            ratio = f" (×{r['ratio']})" if r.get("ratio") else ""
+            lines += [
+                f"- {t('quantize.detail.size', locale)}: {_size(r.get('size_before_bytes'))} → "
+                f"{_size(r.get('size_after_bytes'))}{ratio}",
+                f"- {t('quantize.detail.took', locale)}: {_duration(r.get('wall_seconds'))}",
+                f"- {t('quantize.detail.peak', locale)}: RAM {_gib(r.get('peak_ram_bytes'))}"
+                + (f", GPU {_gib(r.get('peak_gpu_bytes'))}" if r.get("peak_gpu_bytes") else ""),
+                f"- quantization_config: `{html.escape(str(r.get('quantization_config')))}`",
+            ]
+        if j.state in ("FAILED", "LOST") and j.error:
+            lines.append(f"\n> **{t('quantize.detail.error', locale)}**\n>\n> `{html.escape(j.error[-600:])}`")
+        if j.command:
+            lines.append(f"\n```bash\n{j.command}\n```")
+        return "\n".join(lines)
+
+
+def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18n) -> tuple[
+    gr.Button, gr.Dropdown, gr.Markdown, gr.Timer
+]:
+    """Lay out the Quantize tab; returns what the app wires across tabs (Serve this, selected job, timer)."""
+    defaults = AwqSpec(model_path="")
+    with gr.Row():
+        with gr.Column(scale=5):
+            gr.Markdown(i18n("quantize.form_heading"))
+            with gr.Row():
+                model_path = gr.Dropdown(label=i18n("quantize.model_path.label"), info=i18n("quantize.model_path.info"),
+                                         choices=[], allow_custom_value=True, filterable=True, scale=5,
+                                         elem_id="quantize-model-path")
+                rescan = gr.Button(i18n("serve.refresh_models"), scale=1, size="sm")
+            output_dir = gr.Textbox(label=i18n("quantize.output_dir.label"), info=i18n("quantize.output_dir.info"),
+                                    placeholder=i18n("quantize.output_dir.placeholder"), elem_id="quantize-output")
+            calib_source = gr.Radio(
+                [(i18n(f"quantize.calib_source.{v}"), v) for v in ("hub", "files", "sample", "none")],
+                value="sample", label=i18n("quantize.calib_source.label"), info=i18n("quantize.calib_source.info"),
+                elem_id="quantize-calib-source",
+            )
+            calib_dataset = gr.Dropdown(list(HUB_DATASETS), value=defaults.calib_dataset, visible=False,
+                                        label=i18n("quantize.calib_dataset.label"),
+                                        info=i18n("quantize.calib_dataset.info"))
+            calib_uploads = gr.File(file_count="multiple", file_types=[".txt", ".jsonl", ".md"], visible=False,
+                                    label=i18n("quantize.calib_files.label"), elem_id="quantize-uploads")
+            with gr.Row():
+                calib_paths = gr.Textbox(label=i18n("quantize.calib_paths.label"), visible=False, lines=2,
+                                         info=i18n("quantize.calib_paths.info"), scale=3)
+                text_field = gr.Textbox(value="text", label=i18n("quantize.text_field.label"), visible=False,
+                                        info=i18n("quantize.text_field.info"), scale=1)
+            with gr.Row():
+                calib_samples = gr.Number(value=64, precision=0, minimum=0, label=i18n("quantize.calib_samples.label"),
+                                          info=i18n("quantize.calib_samples.info"), elem_id="quantize-samples")
+                calib_seqlen = gr.Number(value=1024, precision=0, minimum=16,
+                                         label=i18n("quantize.calib_seqlen.label"),
+                                         info=i18n("quantize.calib_seqlen.info"), elem_id="quantize-seqlen")
+                batch_size = gr.Number(value=defaults.batch_size, precision=0, minimum=1,
+                                       label=i18n("quantize.batch_size.label"), info=i18n("quantize.batch_size.info"))
+            with gr.Row():
+                w_bits = gr.Radio([4, 8], value=defaults.w_bits, label=i18n("quantize.w_bits.label"),
+                                  info=i18n("quantize.w_bits.info"))
+                w_group_size = gr.Dropdown([32, 64, 128, 256], value=defaults.w_group_size,
+                                           label=i18n("quantize.w_group_size.label"),
+                                           info=i18n("quantize.w_group_size.info"), elem_id="quantize-group-size")
+            with gr.Row():
+                device = gr.Radio(["cuda", "cpu"], value=defaults.device, label=i18n("quantize.device.label"),
+                                  info=i18n("quantize.device.info"), elem_id="quantize-device")
+                dtype = gr.Radio(["auto", "float16", "bfloat16"], value=defaults.dtype,
+                                 label=i18n("quantize.dtype.label"), info=i18n("quantize.dtype.info"))
+            with gr.Row():
+                search_scale = gr.Checkbox(defaults.search_scale, label=i18n("quantize.search_scale.label"),
+                                           info=i18n("quantize.search_scale.info"))
+                w_sym = gr.Checkbox(defaults.w_sym, label=i18n("quantize.w_sym.label"),
+                                    info=i18n("quantize.w_sym.info"))
+                trust_remote_code = gr.Checkbox(False, label=i18n("quantize.trust_remote_code.label"),
+                                                info=i18n("quantize.trust_remote_code.info"))
+            preflight = gr.Markdown(elem_id="quantize-preflight")
+            command = gr.Code(label=i18n("quantize.command.label"), language="shell", interactive=False,
+                              elem_id="quantize-command")
+            submit = gr.Button(i18n("quantize.submit_button"), variant="primary", elem_id="quantize-submit")
+        with gr.Column(scale=6):
+            gr.Markdown(i18n("quantize.jobs_heading"))
+            jobs_table = gr.Dataframe(interactive=False, wrap=True, elem_id="quantize-jobs")
+            with gr.Row():
+                selected = gr.Dropdown(label=i18n("quantize.selected.label"), choices=[], allow_custom_value=True,
+                                       scale=3, elem_id="quantize-selected")
+                cancel = gr.Button(i18n("quantize.cancel_button"), variant="stop", scale=1, elem_id="quantize-cancel")
+                serve_this = gr.Button(i18n("quantize.serve_this_button"), scale=1, elem_id="quantize-serve-this")
+            message = gr.Markdown(elem_id="quantize-message")
+            detail = gr.Markdown(elem_id="quantize-detail")
+            log = gr.Textbox(label=i18n("quantize.log.label"), lines=12, max_lines=12, autoscroll=True,
+                             interactive=False, elem_id="quantize-log")
+
+    form = QuantizeForm(model_path, output_dir, calib_source, calib_dataset, calib_paths, text_field,
+                        calib_samples, calib_seqlen, batch_size, w_bits, w_group_size, w_sym, search_scale, dtype,
+                        device, trust_remote_code)
+    quiet = {"show_progress": "hidden", "concurrency_limit": None}
+    timer = gr.Timer(1.0, active=False)
+    touched = gr.Textbox(visible=False)
+
+    gr.on([c.change for c in form.inputs()], handlers.preflight, form.inputs(), [preflight, command],
+          api_name="preflight_quantize", trigger_mode="always_last", **quiet)
+    calib_source.change(handlers.calibration_defaults, [calib_source, calib_samples, calib_seqlen],
+                        [calib_dataset, calib_uploads, calib_paths, text_field, calib_samples, calib_seqlen],
+                        api_visibility="private", **quiet)
+    rescan.click(handlers.refresh_models, model_path, model_path, api_visibility="private")
+    calib_uploads.upload(handlers.add_uploads, [calib_uploads, calib_paths], [calib_paths, calib_uploads],
+                         api_visibility="private")
+    submit.click(handlers.submit_quantize, form.inputs(), [message, touched], api_name="submit_quantize",
+                 concurrency_id="job_control").then(
+        handlers.select_job, [touched, selected], selected, api_visibility="private")
+    cancel.click(handlers.cancel_job, selected, message, api_name="cancel_job", concurrency_id="job_control")
+    jobs_table.select(handlers.pick_from_table, jobs_table, selected, api_visibility="private")
+    selected.change(handlers.job_detail, selected, [detail, log], api_visibility="private", **quiet)
+    timer.tick(handlers.refresh, selected, [jobs_table, selected, detail, log], api_visibility="private", **quiet)
+    demo.load(handlers.load_page, selected, [model_path, jobs_table, selected, detail, log], api_visibility="private")
+    gr.api(handlers.list_jobs_api, api_name="list_jobs")
+    gr.api(handlers.job_progress_api, api_name="job_progress")
+    return serve_this, selected, message, timer

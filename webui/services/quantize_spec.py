@@ -314,7 +314,8 @@ def check_awq(
                     text = read_calibration_text(spec.calib_files, spec.text_field)
                 except ValueError as exc:
                     errors.append(FieldError("calib_files", "errors.calib_file_bad", {"error": str(exc)}))
-        if text:
+        sizes_ok = not any(e.field in ("calib_samples", "calib_seqlen") for e in errors)
+        if text and sizes_ok:
             calib_tokens, _exact = count_tokens(resolved, text)
             need = spec.calib_samples * spec.calib_seqlen
             if calib_tokens < need:

@@ -361,9 +361,11 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
     rescan.click(handlers.refresh_models, model_path, model_path, api_visibility="private")
     calib_uploads.upload(handlers.add_uploads, [calib_uploads, calib_paths], [calib_paths, calib_uploads],
                          api_visibility="private")
-    submit.click(handlers.submit_quantize, form.inputs(), [message, touched], api_name="submit_quantize",
-                 concurrency_id="job_control").then(
-        handlers.select_job, [touched, selected], selected, api_visibility="private")
+    submitted = submit.click(handlers.submit_quantize, form.inputs(), [message, touched], api_name="submit_quantize",
+                             concurrency_id="job_control")
+    submitted.then(handlers.select_job, [touched, selected], selected, api_visibility="private")
+    # The output name just claimed is taken: show the next free one.
+    submitted.then(handlers.preflight, form.inputs(), [preflight, command], api_visibility="private", **quiet)
     cancel.click(handlers.cancel_job, selected, message, api_name="cancel_job", concurrency_id="job_control")
     jobs_table.select(handlers.pick_from_table, jobs_table, selected, api_visibility="private")
     selected.change(handlers.job_detail, selected, [detail, log], api_visibility="private", **quiet)

@@ -9,7 +9,9 @@ Through the console's own services (no browser), it:
    memory held by the server's process tree (NVML);
 3. stops it and measures stop-to-gone and the time until NVML shows that memory released;
 4. starts a second server (int8 KV), drops the services, builds them again from the same state folder and
-   checks the server is re-attached READY by (pid, create time), then stops it.
+   checks the server is re-attached READY by (pid, create time), then stops it;
+5. quantizes the model with AWQ on cuda through the Quantize service (local calibration text), records the
+   progress it showed and the peak memory, then serves the result with --model-format awq and int4 KV.
 Writes report.json and summary.md to OUTPUT_DIR and prints the summary; exits 1 if any check fails.
 """
 
@@ -136,6 +138,54 @@ def stop_and_measure(services: Services, server_id: str) -> dict[str, object]:
             "device_used_before_mib": before, "device_used_after_mib": after}
 
 
+def quantize_and_serve(services: Services, model: Path, checks: Checks) -> dict[str, object]:
+    from webui.services.quantize_spec import AwqSpec
+
+    spec = AwqSpec(model_path=str(model), calib_source="sample", calib_samples=64, calib_seqlen=512, device="cuda")
+    t0 = time.time()
+    outcome = services.jobs.submit(spec)
+    if outcome.job is None:
+        checks.add("AWQ job accepted", False, str(outcome.errors))
+        return {}
+    seen: list[tuple[str, int, float]] = []
+    while True:
+        job = services.jobs.get(outcome.job.id)
+        if not seen or seen[-1][:2] != (job.phase, job.layer):
+            seen.append((job.phase, job.layer, round(time.time() - t0, 2)))
+        if job.state not in ("QUEUED", "RUNNING"):
+            break
+        time.sleep(0.05)
+    r = job.result
+    checks.add("AWQ on cuda through the Quantize service", job.state == "SUCCEEDED",
+               f"{job.state} in {r.get('wall_seconds')} s (library call {r.get('awq_seconds')} s) {job.error[-200:]}")
+    report: dict[str, object] = {"job": job.as_dict(), "progress_seen": seen}
+    if job.state != "SUCCEEDED":
+        return report
+    from webui.services.awq_progress import read_events
+
+    events = read_events(services.settings.jobs_dir / job.id / "progress.jsonl")
+    layers_seen: dict[str, set[int]] = {}
+    for event in events:
+        if "layer" in event:
+            layers_seen.setdefault(str(event["phase"]), set()).add(int(event["layer"]))
+    checks.add("AWQ progress events: every layer calibrated, smoothed, quantized",
+               all(len(layers_seen.get(p, ())) == job.layers for p in ("calibrate", "smooth", "quantize")),
+               ", ".join(f"{p} {len(v)}/{job.layers}" for p, v in layers_seen.items())
+               + f"; UI saw {len(seen)} distinct (phase, layer) states")
+    checks.add("AWQ peak memory reported", r["peak_gpu_bytes"] > 0,
+               f"GPU {r['peak_gpu_bytes'] / MIB:.0f} MiB, RAM {r['peak_ram_bytes'] / MIB:.0f} MiB; "
+               f"{r['size_before_bytes'] / MIB:.1f} -> {r['size_after_bytes'] / MIB:.1f} MiB (x{r['ratio']})")
+    served = start_and_watch(services, ServerSpec(model_path=job.output_dir, backend="pytorch", model_format="awq",
+                                                  kv_policy="int4", cache_max_entry_count=0.4,
+                                                  port=suggest_port(25333)))
+    report["server_awq_q4"] = served
+    checks.add("AWQ output served (--model-format awq, int4 KV)", served["state"] == "READY",
+               f"{served['state']} after {served['ready_seconds'] or 0:.1f} s, {served['gpu_blocks']} blocks")
+    if served["state"] == "READY":
+        report["stop_awq"] = stop_and_measure(services, served["id"])
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir", type=Path)
@@ -202,6 +252,9 @@ def main() -> int:
             report["stop_q8"] = stop8
             checks.add("re-attached server stops cleanly", stop8["tree_gone"],
                        f"{stop8['stop_call_s']:.2f} s ({stop8['detail']})")
+
+        awq_report = quantize_and_serve(services, model, checks)
+        report["awq"] = awq_report
     finally:
         services.close()
         for log in sorted(settings.log_dir.glob("server-*.log")):

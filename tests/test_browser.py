@@ -120,3 +120,46 @@ def test_chinese_browser_gets_chinese_labels_and_messages(browser, console_url) 
     expect(page.locator("#serve-form-status")).to_contain_text("由上面的表单设置", timeout=TIMEOUT_MS)
     page.screenshot(path=str(Path(os.environ.get("SCREENSHOT_DIR", "/tmp")) / "serve-zh.png"), full_page=True)
     page.close()
+
+
+@pytest.mark.engine
+def test_quantize_a_tiny_model_then_serve_it(browser, console_url) -> None:
+    from playwright.sync_api import expect
+
+    url, model = console_url
+    page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1400})
+    page.goto(url)
+    preflight = page.locator("#quantize-preflight")
+    expect(page.locator("#quantize-model-path input")).to_have_value(str(model), timeout=TIMEOUT_MS)
+    page.get_by_test_id("cpu-radio-label").click()
+    page.locator("#quantize-calib-source").get_by_text("Data-free").click()
+    expect(preflight).to_contain_text("Ready to quantize", timeout=TIMEOUT_MS)
+    expect(preflight).to_contain_text("tiny-llama-awq-w4-g128", timeout=TIMEOUT_MS)
+    expect(page.locator("#quantize-command")).to_contain_text("--calib-samples 0", timeout=TIMEOUT_MS)
+
+    # A bad output folder is refused before anything runs, naming the field and the fix.
+    output = page.locator("#quantize-output input, #quantize-output textarea").first
+    output.fill(str(model / "awq"))
+    output.press("Tab")
+    expect(preflight).to_contain_text("Output folder", timeout=TIMEOUT_MS)
+    expect(preflight).to_contain_text("inside the model folder", timeout=TIMEOUT_MS)
+    output.fill("")
+    output.press("Tab")
+    expect(preflight).to_contain_text("Ready to quantize", timeout=TIMEOUT_MS)
+
+    page.locator("#quantize-submit").click()
+    expect(page.locator("#quantize-message")).to_contain_text("started", timeout=TIMEOUT_MS)
+    detail = page.locator("#quantize-detail")
+    expect(detail).to_contain_text("Done", timeout=180_000)
+    expect(detail).to_contain_text("quantization_config", timeout=TIMEOUT_MS)
+    expect(detail).to_contain_text("MB →", timeout=TIMEOUT_MS)
+    expect(page.locator("#quantize-jobs")).to_contain_text("100%", timeout=TIMEOUT_MS)
+    # The next job would not overwrite this one.
+    expect(preflight).to_contain_text("tiny-llama-awq-w4-g128-2", timeout=TIMEOUT_MS)
+
+    page.locator("#quantize-serve-this").click()
+    command = page.locator("#serve-command")
+    expect(command).to_be_visible(timeout=TIMEOUT_MS)
+    expect(command).to_contain_text("tiny-llama-awq-w4-g128", timeout=TIMEOUT_MS)
+    expect(command).to_contain_text("--model-format awq", timeout=TIMEOUT_MS)
+    page.close()

@@ -46,7 +46,8 @@ def test_api_names_are_stable(client) -> None:
     api, _ = client
     names = set(api.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/start_server", "/stop_server", "/list_servers", "/server_log", "/attach_server",
-            "/restart_server", "/set_active_server", "/preview_command"} <= names
+            "/restart_server", "/set_active_server", "/preview_command",
+            "/submit_quantize", "/cancel_job", "/list_jobs", "/job_progress", "/preflight_quantize"} <= names
     assert "/partial" not in names and "/refresh" not in names
 
 
@@ -88,3 +89,26 @@ def test_attach_from_a_script(client) -> None:
     message, selected = api.predict(base_url="http://127.0.0.1:9", api_key="", api_name="/attach_server")
     assert "Unreachable" in message
     assert wait_state(api, selected, "UNREACHABLE")["owned"] is False
+
+
+@pytest.mark.engine
+def test_quantize_from_a_script(client, model_root: Path) -> None:
+    api, services = client
+    model = str(model_root / "tiny llama; echo pwned")
+    form = dict(model_path=model, output_dir="", calib_source="none", calib_dataset="wikitext2", calib_paths="",
+                text_field="text", calib_samples=0, calib_seqlen=2048, batch_size=1, w_bits=4, w_group_size=128,
+                w_sym=False, search_scale=False, dtype="auto", device="cpu", trust_remote_code=False)
+    refused, job_id = api.predict(**{**form, "device": "cuda"}, api_name="/submit_quantize")
+    assert job_id == "" and "No GPU" in refused  # this machine has none
+    message, job_id = api.predict(**form, api_name="/submit_quantize")
+    assert job_id and "started" in message
+    queued_message, queued_id = api.predict(**form, api_name="/submit_quantize")
+    assert "queued" in queued_message
+    assert "Cancelled" in api.predict(job_id=queued_id, api_name="/cancel_job")
+    deadline = time.monotonic() + 120
+    while (job := api.predict(job_id=job_id, api_name="/job_progress"))["state"] != "SUCCEEDED":
+        assert job["state"] in ("QUEUED", "RUNNING") and time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["fraction"] == 1.0 and job["result"]["quantization_config"]["quant_method"] == "awq"
+    states = {j["id"]: j["state"] for j in api.predict(api_name="/list_jobs")}
+    assert states == {job_id: "SUCCEEDED", queued_id: "CANCELLED"}

@@ -276,7 +276,7 @@ def check_awq(
             errors.append(FieldError("calib_seqlen", "errors.int_range", {"min": "16", "max": str(MAX_SEQLEN)}))
         if not 1 <= spec.batch_size <= MAX_BATCH:
             errors.append(FieldError("batch_size", "errors.int_range", {"min": "1", "max": str(MAX_BATCH)}))
-    if spec.device == "cuda" and gpu_count == 0:
+    if spec.device == "cuda" and not gpu_count:  # None: no NVML, which ships with every NVIDIA driver
         errors.append(FieldError("device", "errors.awq_no_gpu", {}))
     wants_bf16 = spec.dtype == "bfloat16" or (spec.dtype == "auto" and
                                               str(config.get("torch_dtype") or config.get("dtype")) == "bfloat16")

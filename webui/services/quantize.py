@@ -38,7 +38,7 @@ from webui.services.serve_log import tail
 from webui.services.serve_spec import FieldError
 from webui.services.store import JobRecord, Store
 
-TICK_S = 0.25
+TICK_S = 0.1
 HUB_RECHECK_S = 60.0
 
 

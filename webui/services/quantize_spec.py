@@ -40,6 +40,7 @@ MAX_SAMPLES = 4096
 MAX_SEQLEN = 131_072
 MAX_BATCH = 512
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+PROCESS_BASE_BYTES = 1 << 30  # Python with torch and transformers imported, before any weights (measured)
 BYTES_PER_TOKEN_GUESS = 4  # English BPE; used only where no tokenizer.json can count exactly
 
 
@@ -224,7 +225,7 @@ def estimate(info: ModelInfo, spec: AwqSpec, size_before: int, calib_tokens: int
     activations = tokens * hidden * 2 * 3  # inputs, outputs and a working copy of every sample, fp16
     layer_bytes = (attn + mlp) * 2
     gpu_peak = 0 if spec.device == "cpu" else 2 * layer_bytes + activations + vocab * hidden * 2
-    ram_peak = params * 2 + (activations if spec.device == "cpu" else 0) + (512 << 20)
+    ram_peak = params * 2 + (activations if spec.device == "cpu" else 0) + PROCESS_BASE_BYTES
     per_billion = {"cuda": 30.0, "cpu": 600.0}[spec.device if spec.device in DEVICES else "cuda"]
     work = params / 1e9 * per_billion * (1.0 + tokens / 65_536 * (6.0 if spec.search_scale else 1.0))
     return Estimates(params, size_before, size_after, ram_peak, gpu_peak, 8.0 + work, calib_tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 
 import gradio as gr
@@ -15,7 +16,7 @@ from webui.services.quantize_spec import HUB_DATASETS, AwqSpec, CheckedAwq
 from webui.settings import Settings
 from webui.ui.serve_tab import ServeHandlers, _duration, _int, _short_model, locale_of
 
-LOG_LINES = 200
+LOG_LINES = 40  # the box grows to show them all, so the newest line is always in view
 ACTIVE_STATES = ("QUEUED", "RUNNING")
 
 
@@ -264,10 +265,10 @@ class QuantizeHandlers:
                 f"- {t('quantize.detail.took', locale)}: {_duration(r.get('wall_seconds'))}",
                 f"- {t('quantize.detail.peak', locale)}: RAM {_gib(r.get('peak_ram_bytes'))}"
                 + (f", GPU {_gib(r.get('peak_gpu_bytes'))}" if r.get("peak_gpu_bytes") else ""),
-                f"- quantization_config: `{html.escape(str(r.get('quantization_config')))}`",
+                f"- quantization_config: `{json.dumps(r.get('quantization_config'))}`",
             ]
         if j.state in ("FAILED", "LOST") and j.error:
-            lines.append(f"\n> **{t('quantize.detail.error', locale)}**\n>\n> `{html.escape(j.error[-600:])}`")
+            lines.append(f"\n> **{t('quantize.detail.error', locale)}**\n\n```text\n{j.error[-600:]}\n```")
         if j.command:
             lines.append(f"\n```bash\n{j.command}\n```")
         return "\n".join(lines)
@@ -343,7 +344,7 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
                 serve_this = gr.Button(i18n("quantize.serve_this_button"), scale=1, elem_id="quantize-serve-this")
             message = gr.Markdown(elem_id="quantize-message")
             detail = gr.Markdown(elem_id="quantize-detail")
-            log = gr.Textbox(label=i18n("quantize.log.label"), lines=12, max_lines=12, autoscroll=True,
+            log = gr.Textbox(label=i18n("quantize.log.label"), lines=12, max_lines=LOG_LINES, autoscroll=True,
                              interactive=False, elem_id="quantize-log")
 
     form = QuantizeForm(model_path, output_dir, calib_source, calib_dataset, calib_paths, text_field,

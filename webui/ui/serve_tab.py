@@ -21,7 +21,7 @@ from webui.services.serve_spec import (
     ServerSpec,
 )
 
-LOG_LINES = 200
+LOG_LINES = 40  # the box grows to show them all, so the newest line is always in view
 
 
 def locale_of(request: gr.Request | None) -> str:
@@ -282,7 +282,7 @@ class ServeHandlers:
         """Every server as a JSON object (state, model id, base URL, timings, hint); API keys never included."""
         return [s.as_dict() for s in self.manager.list()]
 
-    def server_log_api(self, server_id: str, lines: int = LOG_LINES) -> str:
+    def server_log_api(self, server_id: str, lines: int = 200) -> str:
         """The last `lines` lines of a server's log."""
         return "\n".join(self.manager.log(server_id, max(1, min(int(lines), 5000))))
 
@@ -325,7 +325,7 @@ class ServeHandlers:
             hint_key = s.hint or "hints.unknown"
             lines.append(f"\n> **{t('serve.detail.hint', locale)}**: {t(hint_key, locale)}")
             if s.hint_line:
-                lines.append(f">\n> `{html.escape(s.hint_line)}`")
+                lines.append(f"\n```text\n{s.hint_line}\n```")
         if s.detail:
             lines.append(f"- {html.escape(s.detail)}")
         if s.command:
@@ -421,7 +421,7 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                 remove = gr.Button(i18n("serve.remove_button"), scale=1, size="sm")
             message = gr.Markdown(elem_id="serve-message")
             detail = gr.Markdown(elem_id="serve-detail")
-            log = gr.Textbox(label=i18n("serve.log.label"), lines=14, max_lines=14, autoscroll=True,
+            log = gr.Textbox(label=i18n("serve.log.label"), lines=14, max_lines=LOG_LINES, autoscroll=True,
                              interactive=False, elem_id="serve-log")
             with gr.Accordion(i18n("serve.attach.heading"), open=False):
                 with gr.Row():

@@ -18,7 +18,6 @@ Writes report.json and summary.md to OUTPUT_DIR and prints the summary; exits 1 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import platform
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.serve_lifecycle import first_healthy  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 from webui.services.container import Services  # noqa: E402
 from webui.services.serve_spec import ServerSpec, suggest_port  # noqa: E402
@@ -54,19 +54,6 @@ class Checks:
         return any(not r["ok"] for r in self.rows)
 
 
-def first_health_200(port: int, stop: threading.Event, out: list[float]) -> None:
-    while not stop.is_set():
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                out.append(time.time())
-                return
-        except OSError:
-            pass
-        time.sleep(0.01)
-
-
 def tree_memory(services: Services, server_id: str) -> tuple[int, list[int]]:
     snap = services.servers.get(server_id)
     if snap is None or snap.pid is None:
@@ -82,7 +69,7 @@ def tree_memory(services: Services, server_id: str) -> tuple[int, list[int]]:
 def start_and_watch(services: Services, spec: ServerSpec, timeout_s: float = 300) -> dict[str, object]:
     seen: list[float] = []
     done = threading.Event()
-    watcher = threading.Thread(target=first_health_200, args=(spec.port, done, seen), daemon=True)
+    watcher = threading.Thread(target=first_healthy, args=(spec.port, done, seen), daemon=True)
     watcher.start()
     t0 = time.time()
     outcome = services.servers.start(spec)

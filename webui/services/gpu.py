@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,46 +55,39 @@ class GpuProbe:
         with self._lock:
             return int(self._nvml.nvmlDeviceGetCount())
 
-    def devices(self) -> list[GpuDevice]:
+    def _per_device(self, read: Callable[[Any, int, Any], list[T]]) -> list[T]:
+        """Call read(nvml, index, handle) for every GPU under the lock and join the results."""
         if self._nvml is None:
             return []
         nvml = self._nvml
-        out = []
+        out: list[T] = []
         with self._lock:
             for index in range(nvml.nvmlDeviceGetCount()):
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                mem = nvml.nvmlDeviceGetMemoryInfo(handle)
-                name = nvml.nvmlDeviceGetName(handle)
-                out.append(GpuDevice(index, name.decode() if isinstance(name, bytes) else str(name),
-                                     int(mem.total), int(mem.used)))
+                out.extend(read(nvml, index, nvml.nvmlDeviceGetHandleByIndex(index)))
         return out
+
+    def devices(self) -> list[GpuDevice]:
+        def read(nvml: Any, index: int, handle: Any) -> list[GpuDevice]:
+            mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+            name = nvml.nvmlDeviceGetName(handle)
+            return [GpuDevice(index, name.decode() if isinstance(name, bytes) else str(name),
+                              int(mem.total), int(mem.used))]
+
+        return self._per_device(read)
 
     def bf16_supported(self) -> bool | None:
         """Whether every GPU computes in bfloat16 (compute capability 8.0+); None when NVML cannot tell."""
-        if self._nvml is None:
-            return None
-        nvml = self._nvml
-        with self._lock:
-            count = nvml.nvmlDeviceGetCount()
-            if count == 0:
-                return None
-            majors = [nvml.nvmlDeviceGetCudaComputeCapability(nvml.nvmlDeviceGetHandleByIndex(i))[0]
-                      for i in range(count)]
-        return min(majors) >= 8
+        majors = self._per_device(lambda nvml, _i, handle: [nvml.nvmlDeviceGetCudaComputeCapability(handle)[0]])
+        return min(majors) >= 8 if majors else None
 
     def process_memory(self) -> list[GpuProcessMemory]:
         """Compute processes on every GPU (an api_server's memory sits in its engine child, not its own pid)."""
-        if self._nvml is None:
-            return []
-        nvml = self._nvml
-        out = []
-        with self._lock:
-            for index in range(nvml.nvmlDeviceGetCount()):
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    used = proc.usedGpuMemory if proc.usedGpuMemory is not None else 0
-                    out.append(GpuProcessMemory(index, int(proc.pid), int(used)))
-        return out
+
+        def read(nvml: Any, index: int, handle: Any) -> list[GpuProcessMemory]:
+            return [GpuProcessMemory(index, int(p.pid), int(p.usedGpuMemory or 0))
+                    for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)]
+
+        return self._per_device(read)
 
     def memory_of(self, pids: set[int]) -> int:
         """Bytes held on all GPUs by the given pids (a server's whole process tree)."""

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = 60_000  # generous: CI machines have 2 cores shared with the servers and jobs under test
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from webui.services.awq_progress import progress_from, progress_from_log, read_events
+from webui.services.awq_progress import AwqProgress, progress_from, progress_from_log, read_events
 from webui.services.gpu import GpuProbe
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessHandle, ProcessSupervisor
@@ -184,15 +184,14 @@ class JobManager:
                 "partial_dir": str(checked.output_dir) + ".partial",
                 "progress_path": str(folder / "progress.jsonl"),
                 "calib_files": calib_files,
-                "layers": checked.layers,
                 "size_before_bytes": checked.estimates.size_before_bytes,
-                "command": cli_preview(checked),
             }, indent=2))
             self._store.insert_job(JobRecord(
                 id=job_id, kind="awq", spec_json=json.dumps(checked.spec.to_json_dict()), state=JobState.QUEUED,
                 resource=checked.spec.resource, created_at=time.time(), output_dir=str(checked.output_dir),
                 job_file=str(job_file), log_path=str(folder / "job.log"),
-                progress_path=str(folder / "progress.jsonl"),
+                progress_path=str(folder / "progress.jsonl"), layers=checked.layers,
+                command=cli_preview(checked) or "",
             ))
             self._store.add_event(job_id, "queued", checked.spec.model_path)
         self._wake.set()
@@ -376,17 +375,14 @@ class JobManager:
 
     def _snapshot(self, record: JobRecord, queue: dict[str, int]) -> JobSnapshot:
         spec = AwqSpec.from_json_dict(record.spec)
-        job = {}
-        try:
-            job = json.loads(Path(record.job_file).read_text())
-        except (OSError, ValueError):
-            pass
-        layers = int(job.get("layers") or 0)
-        events = read_events(record.progress_path)
-        progress = (progress_from(layers, spec.data_free, events) if events
-                    else progress_from_log(layers, spec.data_free, tail(record.log_path, 2000)))
-        if record.state == JobState.SUCCEEDED:
-            progress.phase = "done"
+        layers = record.layers
+        if record.state in (JobState.QUEUED, JobState.RUNNING):
+            events = read_events(record.progress_path)
+            progress = (progress_from(layers, spec.data_free, events) if events
+                        else progress_from_log(layers, spec.data_free, tail(record.log_path, 2000)))
+        else:  # finished: its files are not read again on every refresh
+            progress = AwqProgress(layers=layers, data_free=spec.data_free,
+                                   phase="done" if record.state == JobState.SUCCEEDED else "queued")
         end = record.ended_at or time.time()
         elapsed = end - record.started_at if record.started_at else None
         eta = None
@@ -404,5 +400,5 @@ class JobManager:
             model_path=spec.model_path, output_dir=record.output_dir, device=spec.device, summary=summary,
             created_at=record.created_at, started_at=record.started_at, ended_at=record.ended_at,
             exit_code=record.exit_code, error=record.error, peak_ram_bytes=record.peak_ram_bytes,
-            peak_gpu_bytes=record.peak_gpu_bytes, result=record.result, command=job.get("command") or "",
+            peak_gpu_bytes=record.peak_gpu_bytes, result=record.result, command=record.command,
         )

@@ -320,6 +320,7 @@ class ServerManager:
             exit_code=None,
             hint="",
             detail="",
+            gpu_blocks=None,
         )
         self._store.add_event(server_id, "start", command_preview(checked.spec, str(checked.model_dir)))
 
@@ -395,8 +396,8 @@ class ServerManager:
                 self._mark_ready(record)
                 return
             reading = read_startup(tail(record.log_path, max_lines=400))
-            if reading.phase != record.phase:
-                self._store.update_server(record.id, phase=reading.phase)
+            if reading.phase != record.phase or reading.gpu_blocks != record.gpu_blocks:
+                self._store.update_server(record.id, phase=reading.phase, gpu_blocks=reading.gpu_blocks)
         elif now - self._last_check.get(record.id, 0.0) >= READY_RECHECK_S:
             self._last_check[record.id] = now
             status = _health(record.base_url)
@@ -462,9 +463,6 @@ class ServerManager:
         )
         end = record.ended_at if state not in LIVE_STATES else time.time()
         hint = json.loads(record.hint) if record.hint else {}
-        gpu_blocks = None
-        if record.owned and record.log_path and state in (ServerState.READY, ServerState.STARTING):
-            gpu_blocks = read_startup(tail(record.log_path, max_lines=400)).gpu_blocks
         return ServerSnapshot(
             id=record.id,
             owned=record.owned,
@@ -493,7 +491,7 @@ class ServerManager:
             active=record.id == active_id,
             pid=record.pid,
             command=command_preview(spec) if record.owned else "",
-            gpu_blocks=gpu_blocks,
+            gpu_blocks=record.gpu_blocks,
             has_api_key=bool(spec.api_keys),
         )
 

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS servers (
     exit_code INTEGER,
     hint TEXT NOT NULL DEFAULT '',
     detail TEXT NOT NULL DEFAULT '',
-    keep_running INTEGER NOT NULL DEFAULT 0
+    keep_running INTEGER NOT NULL DEFAULT 0,
+    gpu_blocks INTEGER
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -52,7 +53,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT NOT NULL DEFAULT '',
     result_json TEXT NOT NULL DEFAULT '',
     peak_ram_bytes INTEGER NOT NULL DEFAULT 0,
-    peak_gpu_bytes INTEGER NOT NULL DEFAULT 0
+    peak_gpu_bytes INTEGER NOT NULL DEFAULT 0,
+    layers INTEGER NOT NULL DEFAULT 0,
+    command TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,6 +93,7 @@ class ServerRecord:
     hint: str = ""
     detail: str = ""
     keep_running: bool = False
+    gpu_blocks: int | None = None
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -119,6 +123,8 @@ class JobRecord:
     result_json: str = ""
     peak_ram_bytes: int = 0
     peak_gpu_bytes: int = 0
+    layers: int = 0
+    command: str = ""
 
     @property
     def spec(self) -> dict[str, Any]:

@@ -132,6 +132,23 @@ def test_quantize_a_tiny_model_then_serve_it(browser, console_url) -> None:
     preflight = page.locator("#quantize-preflight")
     expect(page.locator("#quantize-model-path input")).to_have_value(str(model), timeout=TIMEOUT_MS)
     page.get_by_test_id("cpu-radio-label").click()
+
+    # Own calibration text, uploaded from the browser, is kept under the state folder and counted.
+    page.locator("#quantize-calib-source").get_by_text("My text files").click()
+    notes = model.parent / "my notes.txt"
+    notes.write_text("LMDeploy quantizes large language models with AWQ. " * 400)
+    page.locator("#quantize-uploads input[type=file]").set_input_files(str(notes))
+    paths = page.locator("#quantize-calib-paths textarea")
+    expect(paths).to_have_value(re.compile(r"/uploads/[0-9a-f]{8}-my-notes\.txt"), timeout=TIMEOUT_MS)
+    # 400 sentences are too few for 64 samples of 1024 tokens: the form says how many fit.
+    expect(preflight).to_contain_text("it fits 7 samples of 1024", timeout=TIMEOUT_MS)
+    samples = page.locator("#quantize-samples input")
+    samples.fill("4")
+    samples.press("Tab")
+    expect(preflight).to_contain_text("Calibration text (tokens)", timeout=TIMEOUT_MS)
+    expect(page.locator("#quantize-command")).to_contain_text("no `lmdeploy lite auto_awq` equivalent",
+                                                              timeout=TIMEOUT_MS)
+
     page.locator("#quantize-calib-source").get_by_text("Data-free").click()
     expect(preflight).to_contain_text("Ready to quantize", timeout=TIMEOUT_MS)
     expect(preflight).to_contain_text("tiny-llama-awq-w4-g128", timeout=TIMEOUT_MS)

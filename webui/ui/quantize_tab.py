@@ -298,10 +298,11 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
                                         label=i18n("quantize.calib_dataset.label"),
                                         info=i18n("quantize.calib_dataset.info"))
             calib_uploads = gr.File(file_count="multiple", file_types=[".txt", ".jsonl", ".md"], visible=False,
-                                    label=i18n("quantize.calib_files.label"), elem_id="quantize-uploads")
+                                    label=i18n("quantize.calib_upload.label"), elem_id="quantize-uploads")
             with gr.Row():
-                calib_paths = gr.Textbox(label=i18n("quantize.calib_paths.label"), visible=False, lines=2,
-                                         info=i18n("quantize.calib_paths.info"), scale=3)
+                calib_paths = gr.Textbox(label=i18n("quantize.calib_files.label"), visible=False, lines=2,
+                                         info=i18n("quantize.calib_files.info"), scale=3,
+                                         elem_id="quantize-calib-paths")
                 text_field = gr.Textbox(value="text", label=i18n("quantize.text_field.label"), visible=False,
                                         info=i18n("quantize.text_field.info"), scale=1)
             with gr.Row():

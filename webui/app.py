@@ -42,7 +42,7 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
     catalog = catalog or Catalog.load()
     i18n = build_i18n(catalog)
     serve = ServeHandlers(services.servers, services.roots, catalog)
-    quantize = QuantizeHandlers(services.jobs, services.roots, services.settings, catalog, serve)
+    quantize = QuantizeHandlers(services.jobs, services.roots, services.settings, catalog)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
         with gr.Tabs() as tabs:

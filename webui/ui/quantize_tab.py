@@ -14,19 +14,20 @@ from webui.services.models import ModelRoots
 from webui.services.quantize import JobManager, JobSnapshot
 from webui.services.quantize_spec import HUB_DATASETS, AwqSpec, CheckedAwq
 from webui.settings import Settings
-from webui.ui.serve_tab import ServeHandlers, _duration, _int, _short_model, locale_of
+from webui.ui.common import (
+    as_int,
+    duration,
+    format_errors,
+    gib,
+    locale_of,
+    model_choices,
+    picked_row,
+    short_model,
+    size,
+)
 
 LOG_LINES = 40  # the box grows to show them all, so the newest line is always in view
 ACTIVE_STATES = ("QUEUED", "RUNNING")
-
-
-def _gib(n: float | int | None) -> str:
-    return f"{(n or 0) / (1 << 30):.2f} GiB"
-
-
-def _size(n: float | int | None) -> str:
-    n = float(n or 0)
-    return f"{n / (1 << 30):.2f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MB"
 
 
 @dataclass
@@ -57,13 +58,11 @@ class QuantizeForm:
 class QuantizeHandlers:
     """Event handlers of the Quantize tab; they command the JobManager and read its snapshots."""
 
-    def __init__(self, jobs: JobManager, roots: ModelRoots, settings: Settings, catalog: Catalog,
-                 serve: ServeHandlers) -> None:
+    def __init__(self, jobs: JobManager, roots: ModelRoots, settings: Settings, catalog: Catalog) -> None:
         self.jobs = jobs
         self.roots = roots
         self.settings = settings
         self.catalog = catalog
-        self.serve = serve
 
     def spec_from_form(
         self, model_path: str | None, output_dir: str, calib_source: str, calib_dataset: str,
@@ -75,8 +74,8 @@ class QuantizeHandlers:
         return AwqSpec(
             model_path=(model_path or "").strip(), output_dir=(output_dir or "").strip(), calib_source=calib_source,
             calib_dataset=calib_dataset, calib_files=tuple(files), text_field=(text_field or "text").strip(),
-            calib_samples=_int(calib_samples, 128), calib_seqlen=_int(calib_seqlen, 2048),
-            batch_size=_int(batch_size, 1), w_bits=_int(w_bits, 4), w_group_size=_int(w_group_size, 128),
+            calib_samples=as_int(calib_samples, 128), calib_seqlen=as_int(calib_seqlen, 2048),
+            batch_size=as_int(batch_size, 1), w_bits=as_int(w_bits, 4), w_group_size=as_int(w_group_size, 128),
             w_sym=bool(w_sym), search_scale=bool(search_scale), dtype=dtype, device=device,
             trust_remote_code=bool(trust_remote_code),
         )
@@ -95,7 +94,7 @@ class QuantizeHandlers:
                                    search_scale, dtype, device, trust_remote_code)
         checked = self.jobs.check(spec)
         if isinstance(checked, list):
-            return self.serve.format_errors(checked, locale, prefix="quantize"), ""
+            return format_errors(self.catalog, checked, locale, "quantize"), ""
         return self._estimate_markdown(checked, locale), self.jobs.preview(checked) or self.catalog.text(
             "quantize.msg.no_cli", locale)
 
@@ -106,16 +105,16 @@ class QuantizeHandlers:
                  f"- {t('quantize.detail.output', locale)}: `{checked.output_dir}`",
                  f"- {t('quantize.detail.architecture', locale)}: {checked.info.architecture}, "
                  f"{checked.layers} {t('quantize.detail.layers', locale)}, ~{e.params / 1e9:.2f} B",
-                 f"- {t('quantize.detail.size', locale)}: {_size(e.size_before_bytes)} → ~{_size(e.size_after_bytes)}",
-                 f"- {t('quantize.detail.peak', locale)}: RAM ~{_gib(e.ram_peak_bytes)}"
-                 + (f", GPU ~{_gib(e.gpu_peak_bytes)}" if checked.spec.device == "cuda" else ""),
-                 f"- {t('quantize.detail.duration', locale)}: ~{_duration(e.seconds)}"]
+                 f"- {t('quantize.detail.size', locale)}: {size(e.size_before_bytes)} → ~{size(e.size_after_bytes)}",
+                 f"- {t('quantize.detail.peak', locale)}: RAM ~{gib(e.ram_peak_bytes)}"
+                 + (f", GPU ~{gib(e.gpu_peak_bytes)}" if checked.spec.device == "cuda" else ""),
+                 f"- {t('quantize.detail.duration', locale)}: ~{duration(e.seconds)}"]
         if e.calib_tokens is not None:
             lines.append(f"- {t('quantize.detail.calib_tokens', locale)}: {e.calib_tokens:,}")
         return "\n".join(lines)
 
     def refresh_models(self, current: str | None) -> gr.Dropdown:
-        return self.serve.refresh_models(current)
+        return model_choices(self.roots, current)
 
     def add_uploads(self, uploads: list[str] | None, calib_paths: str) -> tuple[str, None]:
         """Keep uploaded files under the state folder and list them with the other calibration paths."""
@@ -129,7 +128,7 @@ class QuantizeHandlers:
         gr.Dropdown, gr.File, gr.Textbox, gr.Textbox, gr.Number, gr.Number
     ]:
         """Show the inputs the chosen calibration needs; the sample corpus holds about 100k tokens."""
-        if calib_source == "sample" and _int(samples) * _int(seqlen) > 65_536:
+        if calib_source == "sample" and as_int(samples) * as_int(seqlen) > 65_536:
             samples, seqlen = 64, 1024
         files = calib_source == "files"
         return (gr.Dropdown(visible=calib_source == "hub"), gr.File(visible=files), gr.Textbox(visible=files),
@@ -150,7 +149,7 @@ class QuantizeHandlers:
                                    search_scale, dtype, device, trust_remote_code)
         outcome = self.jobs.submit(spec)
         if outcome.job is None:
-            return self.serve.format_errors(outcome.errors, locale, prefix="quantize"), ""
+            return format_errors(self.catalog, outcome.errors, locale, "quantize"), ""
         job = outcome.job
         key = "quantize.msg.queued" if job.state == "QUEUED" else "quantize.msg.started"
         return self.catalog.text(key, locale, id=job.id, position=job.queue_position or 1), job.id
@@ -186,8 +185,8 @@ class QuantizeHandlers:
             state = t(f"quantize.state.{j.state}", locale)
             if j.queue_position:
                 state += f" #{j.queue_position}"
-            rows.append([j.id, state, _short_model(j.model_path), j.summary, f"{j.fraction * 100:.0f}%",
-                         _duration(j.elapsed_seconds)])
+            rows.append([j.id, state, short_model(j.model_path), j.summary, f"{j.fraction * 100:.0f}%",
+                         duration(j.elapsed_seconds)])
         return pd.DataFrame(rows, columns=columns)
 
     def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[str, str]:
@@ -205,11 +204,8 @@ class QuantizeHandlers:
         return self._job_choices(job_id or current)
 
     def pick_from_table(self, table: pd.DataFrame, evt: gr.SelectData) -> str | None:
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        try:
-            return str(table.iloc[int(row), 0])
-        except (IndexError, ValueError, TypeError):
-            return None
+        """Clicking a row selects that job."""
+        return picked_row(table, evt, column=0)
 
     def load_page(self, job_id: str | None, request: gr.Request) -> tuple[
         gr.Dropdown, pd.DataFrame, gr.Dropdown, str, str
@@ -234,7 +230,7 @@ class QuantizeHandlers:
     def _job_choices(self, selected: str | None) -> gr.Dropdown:
         jobs = self.jobs.list()
         ids = {j.id for j in jobs}
-        choices = [(f"{j.id} · {j.state} · {_short_model(j.model_path)}", j.id) for j in jobs]
+        choices = [(f"{j.id} · {j.state} · {short_model(j.model_path)}", j.id) for j in jobs]
         return gr.Dropdown(choices=choices, value=selected if selected in ids else (jobs[0].id if jobs else None))
 
     def _progress_markdown(self, j: JobSnapshot, locale: str) -> str:
@@ -248,9 +244,9 @@ class QuantizeHandlers:
             lines.append(f"**{phase}**{layer} <progress value='{pct}' max='100'></progress> {pct}%")
             timing = []
             if j.elapsed_seconds is not None:
-                timing.append(f"{t('quantize.detail.elapsed', locale)} {_duration(j.elapsed_seconds)}")
+                timing.append(f"{t('quantize.detail.elapsed', locale)} {duration(j.elapsed_seconds)}")
             if j.eta_seconds is not None:
-                timing.append(f"{t('quantize.detail.eta', locale)} {_duration(j.eta_seconds)}")
+                timing.append(f"{t('quantize.detail.eta', locale)} {duration(j.eta_seconds)}")
             if j.queue_position:
                 timing.append(t("quantize.detail.queue", locale, position=j.queue_position))
             if timing:
@@ -260,11 +256,11 @@ class QuantizeHandlers:
         if j.state == "SUCCEEDED" and r:
             ratio = f" (×{r['ratio']})" if r.get("ratio") else ""
             lines += [
-                f"- {t('quantize.detail.size', locale)}: {_size(r.get('size_before_bytes'))} → "
-                f"{_size(r.get('size_after_bytes'))}{ratio}",
-                f"- {t('quantize.detail.took', locale)}: {_duration(r.get('wall_seconds'))}",
-                f"- {t('quantize.detail.peak', locale)}: RAM {_gib(r.get('peak_ram_bytes'))}"
-                + (f", GPU {_gib(r.get('peak_gpu_bytes'))}" if r.get("peak_gpu_bytes") else ""),
+                f"- {t('quantize.detail.size', locale)}: {size(r.get('size_before_bytes'))} → "
+                f"{size(r.get('size_after_bytes'))}{ratio}",
+                f"- {t('quantize.detail.took', locale)}: {duration(r.get('wall_seconds'))}",
+                f"- {t('quantize.detail.peak', locale)}: RAM {gib(r.get('peak_ram_bytes'))}"
+                + (f", GPU {gib(r.get('peak_gpu_bytes'))}" if r.get("peak_gpu_bytes") else ""),
                 f"- quantization_config: `{json.dumps(r.get('quantization_config'))}`",
             ]
         if j.state in ("FAILED", "LOST") and j.error:

@@ -17,26 +17,11 @@ from webui.services.serve_spec import (
     KV_POLICIES,
     MODEL_FORMATS,
     TOOL_CALL_PARSERS,
-    FieldError,
     ServerSpec,
 )
+from webui.ui.common import as_int, duration, format_errors, locale_of, model_choices, picked_row, short_model
 
 LOG_LINES = 40  # the box grows to show them all, so the newest line is always in view
-
-
-def locale_of(request: gr.Request | None) -> str:
-    headers = getattr(request, "headers", None) or {}
-    return Catalog.locale_from_header(headers.get("accept-language"))
-
-
-def _int(value: object, default: int = 0) -> int:
-    """Gradio reports a cleared Number as None; the spec wants 0 for "let LMDeploy decide"."""
-    if value is None or value == "":
-        return default
-    try:
-        return int(float(str(value)))
-    except ValueError:
-        return default
 
 
 @dataclass
@@ -84,10 +69,10 @@ class ServeHandlers:
             model_format=model_format,
             kv_policy=kv_policy,
             cache_max_entry_count=float(cache_max_entry_count or 0.0),
-            session_len=_int(session_len),
-            max_batch_size=_int(max_batch_size),
-            tp=_int(tp, 1),
-            port=_int(port),
+            session_len=as_int(session_len),
+            max_batch_size=as_int(max_batch_size),
+            tp=as_int(tp, 1),
+            port=as_int(port),
             host=(host or "127.0.0.1").strip(),
             model_name=model_name or "",
             api_keys=tuple((api_keys or "").replace(",", " ").split()),
@@ -95,16 +80,6 @@ class ServeHandlers:
             eager_mode=bool(eager_mode),
             extra_args=extra_args or "",
         )
-
-    def format_errors(self, errors: list[FieldError] | tuple[FieldError, ...], locale: str,
-                      prefix: str = "serve") -> str:
-        """A list naming each refused field by its label (`<prefix>.<field>.label`) with the fix."""
-        lines = []
-        for err in errors:
-            field = self.catalog.text(f"{prefix}.{err.field}.label", locale)
-            lines.append(f"- **{field}**: {self.catalog.text(err.key, locale, **err.params)}")
-        heading = self.catalog.text("serve.msg.errors_heading", locale)
-        return f"**{heading}**\n\n" + "\n".join(lines)
 
     def preview_command(
         self, model_path: str | None, backend: str, model_format: str, kv_policy: str,
@@ -118,14 +93,13 @@ class ServeHandlers:
                                    tool_call_parser, eager_mode, extra_args)
         locale = locale_of(request)
         checked = self.manager.check(spec)
-        status = self.format_errors(checked, locale) if isinstance(checked, list) else (
+        status = format_errors(self.catalog, checked, locale, "serve") if isinstance(checked, list) else (
             "**" + self.catalog.text("serve.msg.ready_to_start", locale) + "**"
         )
         return self.manager.preview(spec), status
 
     def refresh_models(self, current: str | None) -> gr.Dropdown:
-        choices = [str(p) for p in self.roots.discover()]
-        return gr.Dropdown(choices=choices, value=current or (choices[0] if choices else None))
+        return model_choices(self.roots, current)
 
     def suggest_parser(self, model_path: str | None, current: str | None, request: gr.Request) -> gr.Dropdown:
         """Fill the parser from the model's architecture when the user has not picked one."""
@@ -151,7 +125,7 @@ class ServeHandlers:
         locale = locale_of(request)
         outcome = self.manager.start(spec)
         if outcome.server is None:
-            return self.format_errors(outcome.errors, locale), "", _int(port)
+            return format_errors(self.catalog, outcome.errors, locale, "serve"), "", as_int(port)
         msg = self.catalog.text("serve.msg.started", locale, id=outcome.server.id, url=outcome.server.base_url)
         return msg, outcome.server.id, self.manager.suggest_port()
 
@@ -176,7 +150,7 @@ class ServeHandlers:
         except ValueError:
             return self.catalog.text("errors.not_owned", locale)
         if outcome.errors:
-            return self.format_errors(outcome.errors, locale)
+            return format_errors(self.catalog, outcome.errors, locale, "serve")
         return self.catalog.text("serve.msg.restarted", locale, id=server_id)
 
     def attach_server(self, base_url: str, api_key: str, request: gr.Request) -> tuple[str, str]:
@@ -228,9 +202,9 @@ class ServeHandlers:
                 t("serve.col.active", locale): "★" if s.active else "",
                 t("serve.col.id", locale): s.id,
                 t("serve.col.state", locale): t(f"serve.state.{s.state}", locale),
-                t("serve.col.model", locale): _short_model(s.model_id or s.model_path),
+                t("serve.col.model", locale): short_model(s.model_id or s.model_path),
                 t("serve.col.config", locale): config,
-                t("serve.col.uptime", locale): _duration(s.uptime_seconds),
+                t("serve.col.uptime", locale): duration(s.uptime_seconds),
             })
         columns = [t(f"serve.col.{c}", locale) for c in ("active", "id", "state", "model", "config", "uptime")]
         return pd.DataFrame(rows, columns=columns)
@@ -259,11 +233,7 @@ class ServeHandlers:
 
     def pick_from_table(self, table: pd.DataFrame, evt: gr.SelectData) -> str | None:
         """Clicking a row selects that server."""
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        try:
-            return str(table.iloc[int(row), 1])
-        except (IndexError, ValueError, TypeError):
-            return None
+        return picked_row(table, evt, column=1)
 
     def load_page(self, server_id: str | None, request: gr.Request) -> tuple[
         gr.Dropdown, int, pd.DataFrame, gr.Dropdown, str, str
@@ -293,7 +263,7 @@ class ServeHandlers:
     # helpers -------------------------------------------------------------------------------------
     def _server_choices(self, selected: str | None) -> gr.Dropdown:
         servers = self.manager.list()
-        choices = [(f"{s.id} · {s.state} · {_short_model(s.model_id) or s.base_url}", s.id) for s in servers]
+        choices = [(f"{s.id} · {s.state} · {short_model(s.model_id) or s.base_url}", s.id) for s in servers]
         ids = {s.id for s in servers}
         value = selected if selected in ids else (servers[0].id if servers else None)
         return gr.Dropdown(choices=choices, value=value)
@@ -314,7 +284,7 @@ class ServeHandlers:
         if s.ready_seconds is not None:
             lines.append(f"- {t('serve.detail.ready_in', locale)}: {s.ready_seconds:.1f} s")
         if s.uptime_seconds is not None and s.state in ("STARTING", "READY", "UNREACHABLE"):
-            lines.append(f"- {t('serve.detail.uptime', locale)}: {_duration(s.uptime_seconds)}")
+            lines.append(f"- {t('serve.detail.uptime', locale)}: {duration(s.uptime_seconds)}")
         if s.gpu_blocks:
             lines.append(f"- {t('serve.detail.kv_blocks', locale)}: {s.gpu_blocks:,}")
         if s.has_api_key:
@@ -331,22 +301,6 @@ class ServeHandlers:
         if s.command:
             lines.append(f"\n```bash\n{s.command}\n```")
         return "\n".join(lines)
-
-
-def _short_model(model: str) -> str:
-    """A model id that is a path shows as its folder name in the table (the detail shows it whole)."""
-    return Path(model).name if "/" in model and not model.endswith("/") else model
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> tuple[ServeForm, gr.Timer]:

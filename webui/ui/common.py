@@ -1,0 +1,78 @@
+"""Small helpers every tab uses: the browser's locale, numbers from forms, and how values are shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from webui.i18n.catalog import Catalog
+from webui.services.models import ModelRoots
+from webui.services.serve_spec import FieldError
+
+
+def locale_of(request: gr.Request | None) -> str:
+    """en or zh, from the browser's Accept-Language (backend messages follow the page's language)."""
+    headers = getattr(request, "headers", None) or {}
+    return Catalog.locale_from_header(headers.get("accept-language"))
+
+
+def as_int(value: object, default: int = 0) -> int:
+    """Gradio reports a cleared Number as None; the specs want a default (0 = let LMDeploy decide)."""
+    if value is None or value == "":
+        return default
+    try:
+        return int(float(str(value)))
+    except ValueError:
+        return default
+
+
+def format_errors(catalog: Catalog, errors: list[FieldError] | tuple[FieldError, ...], locale: str,
+                  prefix: str) -> str:
+    """A list naming each refused field by its label (`<prefix>.<field>.label`) with the fix."""
+    lines = []
+    for err in errors:
+        field = catalog.text(f"{prefix}.{err.field}.label", locale)
+        lines.append(f"- **{field}**: {catalog.text(err.key, locale, **err.params)}")
+    return f"**{catalog.text('serve.msg.errors_heading', locale)}**\n\n" + "\n".join(lines)
+
+
+def model_choices(roots: ModelRoots, current: str | None) -> gr.Dropdown:
+    """The model folders found under the roots, keeping what the user typed or picked."""
+    choices = [str(p) for p in roots.discover()]
+    return gr.Dropdown(choices=choices, value=current or (choices[0] if choices else None))
+
+
+def picked_row(table: pd.DataFrame, evt: gr.SelectData, column: int) -> str | None:
+    """The id in `column` of the row a user clicked in a table."""
+    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    try:
+        return str(table.iloc[int(row), column])
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+def short_model(model: str) -> str:
+    """A model id that is a path shows as its folder name in tables (details show it whole)."""
+    return Path(model).name if "/" in model and not model.endswith("/") else model
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def gib(n: float | int | None) -> str:
+    return f"{(n or 0) / (1 << 30):.2f} GiB"
+
+
+def size(n: float | int | None) -> str:
+    n = float(n or 0)
+    return f"{n / (1 << 30):.2f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MB"

@@ -69,3 +69,34 @@ def test_help_answers_without_building_anything(tmp_path: Path) -> None:
     for option in ("--host", "--port", "--auth", "--auth-file", "--share", "--state-dir", "--model-root",
                    "--lmdeploy-python", "--keep-servers"):
         assert option in result.stdout
+
+
+def test_sigterm_twice_still_shuts_down_cleanly(tmp_path: Path) -> None:
+    import http.client
+    import signal
+    import time
+
+    from webui.services.serve_spec import suggest_port
+
+    port = suggest_port(19860)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "webui", "--state-dir", str(tmp_path / "state"), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise AssertionError("the console never served its page")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)  # an impatient second stop (a supervisor, a double Ctrl-C)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr

@@ -37,6 +37,7 @@ from webui.services.quantize_spec import (
 from webui.services.serve_log import tail
 from webui.services.serve_spec import FieldError
 from webui.services.store import JobRecord, Store
+from webui.services.watcher import Watcher, wait_for_state
 
 TICK_S = 0.1
 HUB_RECHECK_S = 60.0
@@ -117,12 +118,9 @@ class JobManager:
         self._jobs_dir = jobs_dir
         self._job_argv = job_argv or (lambda job_file: worker_argv(python, job_file))
         self._lock = threading.RLock()
-        self._wake = threading.Event()
-        self._closing = threading.Event()
         self._hub_seen: tuple[float, bool] = (-HUB_RECHECK_S, False)
         self._reattach()
-        self._thread = threading.Thread(target=self._monitor, name="job-monitor", daemon=True)
-        self._thread.start()
+        self._watcher = Watcher("job_monitor", self._tick, TICK_S, store)
 
     # queries -------------------------------------------------------------------------------------
     def check(self, spec: AwqSpec) -> CheckedAwq | list[FieldError]:
@@ -194,7 +192,7 @@ class JobManager:
                 command=cli_preview(checked) or "",
             ))
             self._store.add_event(job_id, "queued", checked.spec.model_path)
-        self._wake.set()
+        self._watcher.wake()
         deadline = time.monotonic() + 2.0  # let the scheduler pick it up, so the answer shows RUNNING
         while time.monotonic() < deadline and self._store.get_job(job_id).state == JobState.QUEUED:
             if self._queue(self._store.list_jobs()).get(job_id, 0) > 1:
@@ -218,25 +216,23 @@ class JobManager:
                 self._remove_partial(record)
                 self._store.update_job(job_id, exit_code=self._supervisor.exit_code(handle))
                 self._store.add_event(job_id, "cancelled")
-        self._wake.set()
+        self._watcher.wake()
         snap = self.get(job_id)
         assert snap is not None
         return snap
 
     def shutdown(self) -> None:
         """Console exit: running jobs keep running and are re-attached next start (they can take hours)."""
-        self._closing.set()
-        self._wake.set()
-        self._thread.join(timeout=5)
+        self._watcher.stop()
 
     def wait_for(self, job_id: str, states: set[str], timeout_s: float) -> JobSnapshot:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def current() -> JobSnapshot:
             snap = self.get(job_id)
-            if snap is None or snap.state in states or time.monotonic() > deadline:
-                assert snap is not None
-                return snap
-            time.sleep(0.05)
+            if snap is None:
+                raise KeyError(job_id)
+            return snap
+
+        return wait_for_state(current, states, timeout_s, poll_s=0.05)
 
     # internals -----------------------------------------------------------------------------------
     def _keep_calibration_files(self, spec: AwqSpec, folder: Path) -> list[str]:
@@ -272,15 +268,6 @@ class JobManager:
                 self._store.add_event(record.id, "reattached", f"pid {record.pid}")
             else:
                 self._settle_dead(record, lost=True)
-
-    def _monitor(self) -> None:
-        while not self._closing.is_set():
-            try:
-                self._tick()
-            except Exception as exc:  # one bad row must not stop every job's watcher
-                self._store.add_event("console", "job_monitor_error", repr(exc)[:300])
-            self._wake.wait(TICK_S)
-            self._wake.clear()
 
     def _tick(self) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ import re
 import shlex
 import shutil
 import socket
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,6 @@ class CheckedAwq:
     info: ModelInfo
     layers: int
     estimates: Estimates
-    warnings: tuple[FieldError, ...] = field(default_factory=tuple)
 
 
 def default_output_name(model_dir: Path, spec: AwqSpec) -> str:

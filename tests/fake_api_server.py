@@ -1,7 +1,10 @@
 """A stand-in for `lmdeploy serve api_server` on machines without a GPU (the real READY path runs on the GPU).
 
 It prints the start-up lines LMDeploy 0.18.0 prints (copied from the recorded log), answers GET /health with
-503 while "initializing" and 200 when ready, and serves /v1/models. Options model the awkward children:
+503 while "initializing" and 200 when ready, and serves /v1/models. POST /v1/chat/completions replays the
+recorded LMDeploy stream (tests/data/api_record.json), answers tools with the recorded 400 unless started
+with --tool-call-parser, and prints each request body as a `request: {json}` log line for tests to read.
+Options model the awkward children:
 --grandchild spawns a worker (like the pytorch engine's), --ignore-sigterm survives SIGTERM,
 --fail-with prints a message and exits 1.
 """
@@ -17,6 +20,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 PHASE_LINES = [
     "2026-11-26 09:56:47,463 - lmdeploy - INFO - async_engine.py:133 - input backend=pytorch, backend_config=...",
@@ -31,6 +35,21 @@ PHASE_LINES = [
 ]
 
 
+def load_record() -> dict:
+    """LMDeploy's recorded answers, shaped for replay (the stream's elided middle is skipped)."""
+    recorded = json.loads(RECORD_FILE.read_text(encoding="utf-8"))
+    lines = [line.removeprefix("data: ") for line in recorded["stream"]["lines"]
+             if line.startswith("data: {")]
+    return {"chat": recorded["chat"]["json"], "stream": lines, "tools": recorded["tools"]["json"],
+            "bad_model": json.loads(recorded["bad_model"]["body"]),
+            "models_401": {"message": "Unauthorized.", "type": "authentication_error", "code": 401, "param": None,
+                           "object": "error"}}
+
+
+RECORD_FILE = Path(__file__).resolve().parent / "data" / "api_record.json"
+RECORD = load_record()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_path")
@@ -43,6 +62,7 @@ def main() -> None:
     parser.add_argument("--grandchild", action="store_true")
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--fail-with", default="")
+    parser.add_argument("--tool-call-parser", default="")
     args, _unknown = parser.parse_known_args()
 
     if args.ignore_sigterm:
@@ -71,13 +91,44 @@ def main() -> None:
             elif self.path == "/v1/models":
                 auth = self.headers.get("Authorization", "")
                 if keys and auth.removeprefix("Bearer ") not in keys:
-                    self._send(401, {"message": "Unauthorized.", "type": "authentication_error", "code": 401,
-                                     "param": None, "object": "error"})
+                    self._send(401, RECORD["models_401"])
                     return
                 self._send(200, {"object": "list", "data": [{"id": model_id, "object": "model",
                                                              "owned_by": "lmdeploy"}]})
             else:
                 self._send(404, {"detail": "Not Found"})
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            print("request: " + json.dumps(body), flush=True)
+            auth = self.headers.get("Authorization", "")
+            if keys and auth.removeprefix("Bearer ") not in keys:
+                self._send(401, RECORD["models_401"])
+            elif self.path != "/v1/chat/completions":
+                self._send(404, {"detail": "Not Found"})
+            elif body.get("model") != model_id:
+                self._send(404, {**RECORD["bad_model"], "message": f"The model '{body.get('model')}' does not exist."})
+            elif body.get("tools") and not args.tool_call_parser:
+                self._send(400, RECORD["tools"])
+            elif not body.get("stream"):
+                self._send(200, RECORD["chat"])
+            else:
+                self._stream(body)
+
+        def _stream(self, body: dict) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for line in RECORD["stream"]:
+                self.wfile.write(f"data: {line}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.002)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"id": "chatcmpl-usage", "object": "chat.completion.chunk", "created": 0, "model": model_id,
+                         "choices": [], "usage": {"prompt_tokens": 36, "completion_tokens": len(RECORD["stream"]),
+                                                  "total_tokens": 36 + len(RECORD["stream"])}}
+                self.wfile.write(f"data: {json.dumps(usage)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
 
         def _send(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()

@@ -11,12 +11,14 @@ from gradio.i18n import I18nData
 from webui.app import build_app
 from webui.i18n.catalog import Catalog
 from webui.services.awq_progress import PHASES as AWQ_PHASES
+from webui.services.chat import ERROR_KINDS, SamplingParams
 from webui.services.container import Services
 from webui.services.quantize import JobState
 from webui.services.quantize_spec import AwqSpec
 from webui.services.serve import ServerState
 from webui.services.serve_log import HINT_PATTERNS, PHASE_KEYS
 from webui.services.serve_spec import ServerSpec
+from webui.services.tool_loop import PRESETS
 
 SOURCES = Path(__file__).resolve().parent.parent / "webui"
 KEY_LITERAL = re.compile(r"[\"']((?:[a-z0-9_]+\.)+[a-zA-Z0-9_]+)[\"']")
@@ -73,6 +75,9 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"quantize.state.{s.value}" for s in JobState} | {f"quantize.phase.{p}" for p in AWQ_PHASES}
     used |= {f"quantize.{name}.label" for name in AwqSpec.__dataclass_fields__}
     used |= {f"quantize.col.{c}" for c in ("id", "state", "model", "settings", "progress", "time")}
+    used |= {f"chat.errors.{k}" for k in ERROR_KINDS}
+    used |= {f"chat.{name}.label" for name in SamplingParams.__dataclass_fields__ if name != "seed"}
+    used |= {f"tools.preset.{k}" for k in PRESETS}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

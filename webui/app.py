@@ -8,8 +8,11 @@ import gradio as gr
 
 from webui.i18n.catalog import Catalog
 from webui.services.container import Services
+from webui.ui.chat_tab import ChatHandlers, build_chat_tab
 from webui.ui.quantize_tab import QuantizeHandlers, build_quantize_tab
 from webui.ui.serve_tab import ServeHandlers, build_serve_tab
+from webui.ui.target_picker import TargetHandlers
+from webui.ui.tools_tab import ToolsHandlers, build_tools_tab
 
 CSS = """
 .state { padding: 2px 10px; border-radius: 10px; font-size: 0.9em; }
@@ -43,6 +46,9 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
     i18n = build_i18n(catalog)
     serve = ServeHandlers(services.servers, services.roots, catalog)
     quantize = QuantizeHandlers(services.jobs, services.roots, services.settings, catalog)
+    targets = TargetHandlers(services.chat, services.servers, catalog)
+    chat = ChatHandlers(services.chat, targets, catalog)
+    tools = ToolsHandlers(services.tool_loop, targets, services.servers, services.roots, catalog)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
         with gr.Tabs() as tabs:
@@ -50,10 +56,21 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                 serve_this, job, quantize_message, quantize_timer = build_quantize_tab(demo, quantize, i18n)
             with gr.Tab(i18n("tabs.serve"), id="serve") as serve_tab:
                 serve_form, serve_timer = build_serve_tab(demo, serve, i18n)
+            with gr.Tab(i18n("tabs.chat"), id="chat") as chat_tab:
+                chat_picker = build_chat_tab(chat, targets, i18n)
+            with gr.Tab(i18n("tabs.tools"), id="tools") as tools_tab:
+                tools_picker = build_tools_tab(tools, targets, i18n)
         # Only the visible tab polls its services.
         quantize_tab.select(_timers(True, False), None, [quantize_timer, serve_timer], api_visibility="private")
         serve_tab.select(_timers(False, True), None, [quantize_timer, serve_timer], api_visibility="private")
         demo.load(_timers(True, False), None, [quantize_timer, serve_timer], api_visibility="private")
+        # Chat and Tools poll nothing; opening them lists the READY servers (the active one first).
+        for tab, picker in ((chat_tab, chat_picker), (tools_tab, tools_picker)):
+            tab.select(_timers(False, False), None, [quantize_timer, serve_timer], api_visibility="private")
+            tab.select(targets.refresh_targets, picker.target, [picker.target, picker.url_row],
+                       api_visibility="private")
+            demo.load(targets.refresh_targets, picker.target, [picker.target, picker.url_row],
+                      api_visibility="private")
         serve_this.click(quantize.serve_this, job,
                          [serve_form.model_path, serve_form.model_format, tabs, quantize_message],
                          api_visibility="private").then(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from webui.services.chat import ChatService
 from webui.services.gpu import GpuProbe
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessSupervisor
 from webui.services.quantize import JobArgv, JobManager
 from webui.services.serve import ArgvFactory, ServerManager
 from webui.services.store import Store
+from webui.services.tool_loop import ToolLoop
 from webui.settings import Settings
 
 
@@ -25,6 +27,8 @@ class Services:
     gpu: GpuProbe
     servers: ServerManager
     jobs: JobManager
+    chat: ChatService
+    tool_loop: ToolLoop
 
     @classmethod
     def build(cls, settings: Settings, argv_factory: ArgvFactory | None = None,
@@ -43,11 +47,13 @@ class Services:
                                 argv_factory=argv_factory)
         jobs = JobManager(store, supervisor, roots, gpu, settings.output_dir, settings.jobs_dir, python=python,
                           job_argv=job_argv)
-        return cls(settings, store, supervisor, roots, gpu, servers, jobs)
+        chat = ChatService(servers)
+        return cls(settings, store, supervisor, roots, gpu, servers, jobs, chat, ToolLoop(chat))
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""
         keep = self.settings.keep_servers if keep_servers is None else keep_servers
+        self.chat.close()
         self.jobs.shutdown()
         self.servers.shutdown(keep_running=keep)
         self.gpu.close()

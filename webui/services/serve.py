@@ -6,6 +6,7 @@ the UI only reads snapshots, so a reload (or a console restart) shows the truth.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import http.client
 import json
@@ -161,6 +162,12 @@ class ServerManager:
         active_id = self._store.get_pref(ACTIVE_PREF)
         return self.get(active_id) if active_id else None
 
+    def api_key(self, server_id: str) -> str:
+        """The first API key of a server, for clients of this console only (never in a snapshot or a log)."""
+        record = self._require(server_id)
+        keys = record.spec.get("api_keys") or []
+        return str(keys[0]) if keys else ""
+
     def log(self, server_id: str, max_lines: int = 200) -> list[str]:
         record = self._store.get_server(server_id)
         if record is None or not record.log_path:
@@ -192,17 +199,25 @@ class ServerManager:
         self._watcher.wake()
         return StartOutcome(self.get(server_id))
 
-    def restart(self, server_id: str) -> StartOutcome:
-        """Stop if running, then start the same spec under the same id (its history stays in events)."""
+    def restart(self, server_id: str, tool_call_parser: str | None = None) -> StartOutcome:
+        """Stop if running, then start the same spec under the same id (its history stays in events).
+
+        `tool_call_parser` changes that one option on the way (the Tools tab's "restart with a parser").
+        """
         record = self._require(server_id)
         if not record.owned:
             raise ValueError("an attached server is observed, not owned: it cannot be restarted here")
+        spec = ServerSpec.from_json_dict(record.spec)
+        if tool_call_parser is not None:
+            spec = dataclasses.replace(spec, tool_call_parser=tool_call_parser)
         self.stop(server_id)
         with self._lock:
-            spec = ServerSpec.from_json_dict(record.spec)
             checked = self.check(spec, exclude=server_id)
             if isinstance(checked, list):
                 return StartOutcome(self.get(server_id), tuple(checked))
+            if spec.to_json_dict() != record.spec:
+                self._store.update_server(server_id, spec_json=json.dumps(spec.to_json_dict()))
+                self._store.add_event(server_id, "spec_changed", f"tool_call_parser={spec.tool_call_parser}")
             self._spawn(server_id, checked)
         self._watcher.wake()
         return StartOutcome(self.get(server_id))

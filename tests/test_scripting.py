@@ -47,7 +47,8 @@ def test_api_names_are_stable(client) -> None:
     names = set(api.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/start_server", "/stop_server", "/list_servers", "/server_log", "/attach_server",
             "/restart_server", "/set_active_server", "/preview_command",
-            "/submit_quantize", "/cancel_job", "/list_jobs", "/job_progress", "/preflight_quantize"} <= names
+            "/submit_quantize", "/cancel_job", "/list_jobs", "/job_progress", "/preflight_quantize",
+            "/chat", "/run_tools"} <= names
     assert "/partial" not in names and "/refresh" not in names
 
 
@@ -112,3 +113,28 @@ def test_quantize_from_a_script(client, model_root: Path) -> None:
     assert job["fraction"] == 1.0 and job["result"]["quantization_config"]["quant_method"] == "awq"
     states = {j["id"]: j["state"] for j in api.predict(api_name="/list_jobs")}
     assert states == {job_id: "SUCCEEDED", queued_id: "CANCELLED"}
+
+
+def test_chat_and_run_tools_from_a_script(client, chat_server) -> None:
+    api, _ = client
+    target = {"base_url": chat_server.base_url, "api_key": chat_server.api_key}
+    first = api.predict(message="Name one GPU maker.", temperature=0.0, max_tokens=24, api_name="/chat", **target)
+    assert first["reply"].strip() and first["model"] == chat_server.model
+    assert first["stats"]["ttft_s"] > 0 and first["stats"]["completion_tokens"] > 0
+    follow = api.predict(message="And another?", history=first["messages"], temperature=0.0, max_tokens=24,
+                         api_name="/chat", **target)
+    assert [m["role"] for m in follow["messages"]] == ["user", "assistant", "user", "assistant"]
+
+    wrong = api.predict(message="hi", base_url=chat_server.base_url, api_key="sk-wrong", api_name="/chat")
+    assert wrong["error"]["kind"] == "auth"
+    no_server = api.predict(message="hi", api_name="/chat")
+    assert no_server["error"]["kind"] == "no_server"
+
+    run = api.predict(prompt="What is 3 plus 5? Then multiply by 2.", tool_choice="add, mul, none",
+                      api_name="/run_tools", **target)
+    assert run["done"] and run["model_calls"] == 3 and run["error"] is None
+    assert [s["name"] for s in run["steps"] if s["type"] == "tool"] == ["add", "mul"]
+    bad = api.predict(prompt="x", tools='[{"type": "function", "function": {"name": "f", "parameters": '
+                      '{"type": "object", "properties": {"n": {"type": "int"}}}}}]', api_name="/run_tools", **target)
+    assert bad["error"]["kind"] == "bad_tools" and "write “integer”" in bad["error"]["message"]
+    assert "$[0].function.parameters.properties.n.type" in bad["error"]["message"]

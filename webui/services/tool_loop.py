@@ -154,7 +154,7 @@ class ToolLoop:
             calls, stats = final.tool_calls, final.stats.as_dict()
             text, run.live_text = run.live_text, ""
             run.steps.append({"type": "model", "step": run.model_calls, "raw": text, "tool_calls": calls,
-                              "tool_choice": choice if isinstance(choice, str) else json.dumps(choice),
+                              "tool_choice": choice if isinstance(choice, str) else choice["function"]["name"],
                               "stats": stats, "streamed": stream and not fallback, "fallback": fallback})
             if stats["cancelled"]:
                 run.error = {"kind": "cancelled", "message": "stopped"}

@@ -170,7 +170,7 @@ def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18
             chatbot = gr.Chatbot(label=i18n("chat.chatbot.label"), height=460, elem_id="chat-chatbot")
             with gr.Row():
                 message = gr.Textbox(placeholder=i18n("chat.message.placeholder"), show_label=False, scale=6,
-                                     lines=2, elem_id="chat-message")
+                                     lines=1, max_lines=8, elem_id="chat-message")
                 send = gr.Button(i18n("chat.send_button"), variant="primary", scale=1, elem_id="chat-send")
             with gr.Row():
                 stop = gr.Button(i18n("chat.stop_button"), variant="stop", size="sm", elem_id="chat-stop")
@@ -213,6 +213,7 @@ def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18
     # numbers are kept (marked stopped) and the server sees the disconnect at once.
     stop.click(handlers.stop_reply, state, None, queue=False, **private)
     clear.click(handlers.clear, None, [chatbot, state, stats, notice], queue=False, **private)
+    chatbot.clear(handlers.clear, None, [chatbot, state, stats, notice], queue=False, **private)
     kind_json, kind_md = gr.State("json"), gr.State("md")
     export_inputs = [*picker.inputs(), *settings, state]
     export_json_button.click(handlers.export_conversation, [kind_json, *export_inputs], export_file, **private)

@@ -106,5 +106,6 @@ def wire_target_picker(picker: TargetPicker, handlers: TargetHandlers, message: 
     quiet = {"show_progress": "hidden", "api_visibility": "private"}
     picker.target.change(handlers.pick_target, [picker.target, picker.base_url, picker.api_key],
                          [picker.url_row, picker.model, message], **quiet)
-    picker.list_models.click(handlers.list_models, [picker.target, picker.base_url, picker.api_key],
-                             [picker.model, message], **quiet)
+    gr.on([picker.list_models.click, picker.base_url.submit, picker.base_url.blur, picker.api_key.blur],
+          handlers.list_models, [picker.target, picker.base_url, picker.api_key], [picker.model, message],
+          trigger_mode="always_last", **quiet)

@@ -98,7 +98,7 @@ class ToolsHandlers:
         run = new_run(prompt, system_prompt)
         return run.as_dict(), self.transcript(run)
 
-    def run_tools(
+    def advance_run(
         self, target: str | None, base_url: str, api_key: str, model: str | None, tools_json: str,
         tool_choice: str | None, max_steps: float | None, temperature: float, max_tokens: float | None,
         state: dict[str, Any] | None, request: gr.Request,
@@ -152,13 +152,13 @@ class ToolsHandlers:
             return "⚠ " + "; ".join(self.catalog.text(e.key, locale, **e.params) for e in outcome.errors)
         return self.catalog.text("tools.msg.restarting", locale, id=target, parser=parser)
 
-    def run_tools_api(self, prompt: str, tools: list[dict[str, Any]] | str | None = None, tool_choice: str = "auto",
+    def run_tools_api(self, prompt: str, tools: str = "", tool_choice: str = "auto",
                       max_steps: int = 5, server_id: str = "", base_url: str = "", api_key: str = "",
                       model: str = "", temperature: float = 0.0, max_tokens: int = 256,
                       system_prompt: str = "") -> dict[str, Any]:
-        """Run the whole loop for scripts; `tools` defaults to the add/mul preset. Manual tools are not run:
-        the answer then lists them under "waiting". Errors come back as {"error": …}."""
-        tools_json = tools if isinstance(tools, str) else json.dumps(tools or preset("add_mul")[0])
+        """Run the whole loop for scripts; `tools` is the tools list as JSON text (default: the add/mul preset).
+        Manual tools are not run: the answer then lists them under "waiting". Errors come back as {"error": …}."""
+        tools_json = tools or json.dumps(preset("add_mul")[0])
         checked = check_tools(tools_json)
         if checked and isinstance(checked[0], ToolProblem):
             return {"error": {"kind": "bad_tools", "message": self.problems_text(checked, "en")}}
@@ -281,10 +281,10 @@ def build_tools_tab(handlers: ToolsHandlers, targets: TargetHandlers, i18n: gr.I
     loop_inputs = [*picker.inputs(), tools_json, tool_choice, max_steps, temperature, max_tokens, state]
     loop_outputs = [transcript, state, outcome, manual_row, manual_result, parser_row, parser]
     started = gr.on([run.click, prompt.submit], handlers.start_run, [prompt, system_prompt], [state, transcript],
-                    queue=False, **private).then(handlers.run_tools, loop_inputs, loop_outputs,
+                    queue=False, **private).then(handlers.advance_run, loop_inputs, loop_outputs,
                                                  concurrency_limit=None, **private)
     resumed = send_result.click(handlers.submit_result, [manual_result, state], [transcript, state], queue=False,
-                                **private).then(handlers.run_tools, loop_inputs, loop_outputs,
+                                **private).then(handlers.advance_run, loop_inputs, loop_outputs,
                                                 concurrency_limit=None, **private)
     stop.click(None, None, None, cancels=[started, resumed], queue=False, **private)
     restart.click(handlers.restart_with_parser, [picker.target, parser], outcome, **private)

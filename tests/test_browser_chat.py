@@ -1,0 +1,102 @@
+"""The Chat and Tools tabs in headless Chromium against a real model (llama.cpp's server, SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ChatServer
+from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401 - the shared Chromium fixture
+from webui.app import build_app
+from webui.services.container import Services
+from webui.services.serve_spec import suggest_port
+from webui.settings import Settings
+
+pytestmark = pytest.mark.browser
+SCREENSHOTS = os.environ.get("CONSOLE_SCREENSHOTS", "")
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[str]:
+    services = Services.build(Settings(state_dir=tmp_path / "state"))
+    demo, launch_kwargs = build_app(services)
+    demo.queue()
+    port = suggest_port(17960)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        demo.close()
+        services.close()
+
+
+def pick_other_url(page, prefix: str, chat_server: ChatServer) -> None:
+    from playwright.sync_api import expect
+
+    page.locator(f"#{prefix}-base-url textarea, #{prefix}-base-url input").first.fill(chat_server.base_url)
+    page.locator(f"#{prefix}-base-url").locator("xpath=..").locator("input[type=password]").fill(chat_server.api_key)
+    expect(page.locator(f"#{prefix}-target input")).to_have_value(re.compile("Other URL"), timeout=TIMEOUT_MS)
+
+
+def test_a_chat_reply_streams_in_with_its_numbers_and_errors_are_shown(browser, console, chat_server) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1100})
+    page.goto(console)
+    page.get_by_role("tab", name="Chat").click()
+    pick_other_url(page, "chat", chat_server)
+    message = page.locator("#chat-message textarea")
+    message.fill("Write a short poem about GPUs.")
+    message.press("Enter")
+    expect(page.locator("#chat-chatbot .bot-row").last).to_contain_text(re.compile(r"\w{3,}"), timeout=TIMEOUT_MS)
+    expect(page.locator("#chat-chatbot .user-row").last).to_contain_text("Write a short poem about GPUs.")
+    expect(page.locator("#chat-stats")).to_contain_text(re.compile(r"TTFT \d+ ms · [\d.]+ tok/s"),
+                                                        timeout=TIMEOUT_MS)
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / "chat-tab.png"))
+
+    # A wrong key is explained, not raised; the user's turn is not lost from the box history.
+    page.locator("#chat-base-url").locator("xpath=..").locator("input[type=password]").fill("sk-wrong")
+    message.fill("Hello?")
+    message.press("Enter")
+    expect(page.locator("#chat-notice")).to_contain_text("refused the API key", timeout=TIMEOUT_MS)
+    page.close()
+
+
+def test_the_add_mul_flow_in_the_tools_tab(browser, console, chat_server) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1300})
+    page.goto(console)
+    page.get_by_role("tab", name="Tools").click()
+    pick_other_url(page, "tools", chat_server)
+    # The tutorial's mistake is caught with the fix, by JSON path.
+    editor = page.locator("#tools-json .cm-content")
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text('[{"type": "function", "function": {"name": "add", "parameters": {"type": "object", '
+                              '"properties": {"a": {"type": "int"}}}}}]')
+    expect(page.locator("#tools-status")).to_contain_text("write “integer”", timeout=TIMEOUT_MS)
+    expect(page.locator("#tools-status")).to_contain_text("$[0].function.parameters.properties.a.type")
+    page.locator("#tools-preset input").click()
+    page.get_by_role("option", name="calculator (safe arithmetic)").click()
+    page.locator("#tools-preset input").click()
+    page.get_by_role("option", name="add and mul (the tutorial)").click()
+    expect(page.locator("#tools-status")).to_contain_text("runs the safe built-in", timeout=TIMEOUT_MS)
+
+    choice = page.locator("#tools-choice input")
+    choice.fill("add, mul, none")
+    choice.press("Enter")
+    page.locator("#tools-prompt textarea").fill("What is 3 plus 5? Then multiply by 2.")
+    page.locator("#tools-run").click()
+    expect(page.locator("#tools-outcome")).to_contain_text("Answered after 3 model calls", timeout=TIMEOUT_MS)
+    transcript = page.locator("#tools-transcript")
+    expect(transcript).to_contain_text(re.compile(r"🛠 add\(a=\d+, b=\d+\) → \d+"))
+    expect(transcript).to_contain_text(re.compile(r"🛠 mul\(a=\d+, b=\d+\) → \d+"))
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / "tools-tab.png"))
+    page.close()

@@ -100,3 +100,39 @@ def test_the_add_mul_flow_in_the_tools_tab(browser, console, chat_server) -> Non
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / "tools-tab.png"))
     page.close()
+
+
+def test_stop_keeps_the_partial_reply_and_a_manual_tool_takes_the_users_result(browser, console,  # noqa: F811
+                                                                                chat_server) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1200})
+    page.goto(console)
+    page.get_by_role("tab", name="Chat").click()
+    pick_other_url(page, "chat", chat_server)
+    tokens = page.get_by_label("Max new tokens")
+    tokens.fill("3000")
+    tokens.press("Tab")
+    message = page.locator("#chat-message textarea")
+    message.fill("Write a very long essay about the history of computing, at least 3000 words.")
+    message.press("Enter")
+    expect(page.locator("#chat-chatbot .bot-row").last).to_contain_text(re.compile(r"\w+ \w+ \w+"),
+                                                                          timeout=TIMEOUT_MS)
+    page.locator("#chat-stop").click()
+    expect(page.locator("#chat-stats")).to_contain_text("stopped", timeout=TIMEOUT_MS)
+
+    page.get_by_role("tab", name="Tools").click()
+    pick_other_url(page, "tools", chat_server)
+    page.locator("#tools-preset input").click()
+    page.get_by_role("option", name="weather (manual tool)").click()
+    choice = page.locator("#tools-choice input")
+    choice.fill("get_current_weather, none")
+    choice.press("Enter")
+    page.locator("#tools-run").click()
+    expect(page.locator("#tools-outcome")).to_contain_text("called the manual tool get_current_weather",
+                                                           timeout=TIMEOUT_MS)
+    page.locator("#tools-manual-result textarea").fill('{"temperature": 21, "sky": "clear"}')
+    page.get_by_role("button", name="Send result and go on").click()
+    expect(page.locator("#tools-outcome")).to_contain_text("Answered after 2 model calls", timeout=TIMEOUT_MS)
+    expect(page.locator("#tools-transcript")).to_contain_text("get_current_weather")
+    page.close()

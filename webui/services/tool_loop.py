@@ -89,7 +89,7 @@ class ToolLoop:
     """Runs ToolRuns against a ChatService; holds no state of its own beyond the service."""
 
     def __init__(self, chat: ChatService) -> None:
-        self._chat = chat
+        self.chat = chat
 
     def run(
         self,
@@ -125,7 +125,7 @@ class ToolLoop:
             final, fallback = None, ""
             if stream:
                 try:
-                    for event in self._chat.stream(endpoint, run.messages, params, tools=tools,
+                    for event in self.chat.stream(endpoint, run.messages, params, tools=tools,
                                                    tool_choice=choice, request_id=request_id):
                         if event.stats is None:
                             run.live_text += event.content
@@ -144,7 +144,7 @@ class ToolLoop:
                 # NOTE: some servers break such streams off (llama.cpp cannot stream tool_choice auto): the
                 # step is asked again without streaming, and the step says so.
                 try:
-                    final = self._chat.request_once(endpoint, run.messages, params, tools=tools,
+                    final = self.chat.request_once(endpoint, run.messages, params, tools=tools,
                                                     tool_choice=choice)
                 except ChatError as exc:
                     run.error = {"kind": exc.kind, "message": exc.message}

@@ -92,16 +92,23 @@ class ToolsHandlers:
             f"- `{p.path}`: {self.catalog.text(p.key, locale, **p.params)}" for p in problems)
 
     # the loop --------------------------------------------------------------------------------------
-    def start_run(self, prompt: str, system_prompt: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    def start_run(self, prompt: str, system_prompt: str
+                  ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str]:
+        """A new run for the prompt, and the request id that Stop will close."""
         if not (prompt or "").strip():
-            return None, []
+            return None, [], ""
         run = new_run(prompt, system_prompt)
-        return run.as_dict(), self.transcript(run)
+        return run.as_dict(), self.transcript(run), self.loop.chat.new_request_id()
+
+    def stop_run(self, request_id: str) -> None:
+        """Close the model request in flight; the run ends as stopped, its steps so far kept."""
+        if request_id:
+            self.loop.chat.cancel(request_id)
 
     def advance_run(
         self, target: str | None, base_url: str, api_key: str, model: str | None, tools_json: str,
         tool_choice: str | None, max_steps: float | None, temperature: float, max_tokens: float | None,
-        state: dict[str, Any] | None, request: gr.Request,
+        state: dict[str, Any] | None, request_id: str, request: gr.Request,
     ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any] | None, str, gr.Row, gr.Textbox, gr.Row,
                         gr.Dropdown]]:
         """Advance the run (until an answer, an error, a manual tool or the step limit), showing each step."""
@@ -125,19 +132,20 @@ class ToolsHandlers:
             yield self.transcript(run), state, self.targets.error_text(exc, locale), *hidden
             return
         params = SamplingParams(temperature=float(temperature), max_tokens=as_int(max_tokens, 256))
-        for current in self.loop.run(endpoint, run, checked, choice, params, as_int(max_steps, 5)):
+        for current in self.loop.run(endpoint, run, checked, choice, params, as_int(max_steps, 5),
+                                     request_id=request_id):
             yield self.transcript(current), current.as_dict(), "", *hidden
         yield (self.transcript(run), run.as_dict(), self.outcome_text(run, locale),
                *self.waiting_widgets(run, locale), *self.parser_widgets(run, endpoint.server_id, locale))
 
     def submit_result(self, result: str, state: dict[str, Any] | None
-                      ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        """The user's result for the first waiting manual call; Run goes on from there."""
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
+        """The user's result for the first waiting manual call; the run goes on from there (new request id)."""
         run = _run_from(state)
         if run is None or not run.waiting:
-            return gr.skip(), state
+            return gr.skip(), state, gr.skip()
         run = give_result(run, run.waiting[0]["call_id"], result or "")
-        return self.transcript(run), run.as_dict()
+        return self.transcript(run), run.as_dict(), self.loop.chat.new_request_id()
 
     def restart_with_parser(self, target: str | None, parser: str, request: gr.Request) -> str:
         """Restart the target server with --tool-call-parser; the Serve tab shows it come back."""
@@ -278,15 +286,16 @@ def build_tools_tab(handlers: ToolsHandlers, targets: TargetHandlers, i18n: gr.I
     preset.change(handlers.load_preset, preset, [tools_json, prompt], **private)
     gr.on([tools_json.change], handlers.check_tools_json, [tools_json, tool_choice], [tools_status, tool_choice],
           show_progress="hidden", trigger_mode="always_last", **private)
-    loop_inputs = [*picker.inputs(), tools_json, tool_choice, max_steps, temperature, max_tokens, state]
+    request_id = gr.State("")
+    loop_inputs = [*picker.inputs(), tools_json, tool_choice, max_steps, temperature, max_tokens, state, request_id]
     loop_outputs = [transcript, state, outcome, manual_row, manual_result, parser_row, parser]
-    started = gr.on([run.click, prompt.submit], handlers.start_run, [prompt, system_prompt], [state, transcript],
-                    queue=False, **private).then(handlers.advance_run, loop_inputs, loop_outputs,
+    gr.on([run.click, prompt.submit], handlers.start_run, [prompt, system_prompt], [state, transcript, request_id],
+          queue=False, **private).then(handlers.advance_run, loop_inputs, loop_outputs,
                                                  concurrency_limit=None, **private)
-    resumed = send_result.click(handlers.submit_result, [manual_result, state], [transcript, state], queue=False,
+    send_result.click(handlers.submit_result, [manual_result, state], [transcript, state, request_id], queue=False,
                                 **private).then(handlers.advance_run, loop_inputs, loop_outputs,
                                                 concurrency_limit=None, **private)
-    stop.click(None, None, None, cancels=[started, resumed], queue=False, **private)
+    stop.click(handlers.stop_run, request_id, None, queue=False, **private)
     restart.click(handlers.restart_with_parser, [picker.target, parser], outcome, **private)
     gr.api(handlers.run_tools_api, api_name="run_tools")
     return picker

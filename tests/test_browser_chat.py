@@ -86,7 +86,7 @@ def test_the_add_mul_flow_in_the_tools_tab(browser, console, chat_server) -> Non
     page.get_by_role("option", name="calculator (safe arithmetic)").click()
     page.locator("#tools-preset input").click()
     page.get_by_role("option", name="add and mul (the tutorial)").click()
-    expect(page.locator("#tools-status")).to_contain_text("runs the safe built-in", timeout=TIMEOUT_MS)
+    expect(page.locator("#tools-status")).to_contain_text("mul: runs the safe built-in", timeout=TIMEOUT_MS)
 
     choice = page.locator("#tools-choice input")
     choice.fill("add, mul, none")
@@ -125,6 +125,7 @@ def test_stop_keeps_the_partial_reply_and_a_manual_tool_takes_the_users_result(b
     pick_other_url(page, "tools", chat_server)
     page.locator("#tools-preset input").click()
     page.get_by_role("option", name="weather (manual tool)").click()
+    expect(page.locator("#tools-status")).to_contain_text("get_current_weather", timeout=TIMEOUT_MS)
     choice = page.locator("#tools-choice input")
     choice.fill("get_current_weather, none")
     choice.press("Enter")

@@ -78,6 +78,8 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"chat.errors.{k}" for k in ERROR_KINDS}
     used |= {f"chat.{name}.label" for name in SamplingParams.__dataclass_fields__ if name != "seed"}
     used |= {f"tools.preset.{k}" for k in PRESETS}
+    used |= {f"memory.problem.{k}" for k in ("fraction", "tp", "weights_do_not_fit", "no_full_session")}
+    used |= {f"memory.compare_error.{k}" for k in ("unknown_server", "model_unreadable", "no_gpu")}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

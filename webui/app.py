@@ -9,6 +9,7 @@ import gradio as gr
 from webui.i18n.catalog import Catalog
 from webui.services.container import Services
 from webui.ui.chat_tab import ChatHandlers, build_chat_tab
+from webui.ui.memory_tab import MemoryHandlers, build_memory_tab
 from webui.ui.quantize_tab import QuantizeHandlers, build_quantize_tab
 from webui.ui.serve_tab import ServeHandlers, build_serve_tab
 from webui.ui.target_picker import TargetHandlers
@@ -33,9 +34,11 @@ def build_i18n(catalog: Catalog) -> gr.I18n:
     return gr.I18n(**catalog.messages)
 
 
-def _timers(quantize: bool, serve: bool):
-    def switch() -> tuple[gr.Timer, gr.Timer]:
-        return gr.Timer(active=quantize), gr.Timer(active=serve)
+def _timers(*active: bool):
+    """A handler that switches the tabs' timers: only the visible tab polls its services."""
+
+    def switch() -> tuple[gr.Timer, ...]:
+        return tuple(gr.Timer(active=a) for a in active)
 
     return switch
 
@@ -49,6 +52,7 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
     targets = TargetHandlers(services.chat, services.servers, catalog)
     chat = ChatHandlers(services.chat, targets, catalog)
     tools = ToolsHandlers(services.tool_loop, targets, services.servers, services.roots, catalog)
+    memory = MemoryHandlers(services.memory, services.servers, services.roots, catalog)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
         with gr.Tabs() as tabs:
@@ -60,20 +64,24 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                 chat_picker = build_chat_tab(chat, targets, i18n)
             with gr.Tab(i18n("tabs.tools"), id="tools") as tools_tab:
                 tools_picker = build_tools_tab(tools, targets, i18n)
+            with gr.Tab(i18n("tabs.memory"), id="memory") as memory_tab:
+                memory_timer, memory_open = build_memory_tab(memory, i18n)
         # Only the visible tab polls its services.
-        quantize_tab.select(_timers(True, False), None, [quantize_timer, serve_timer], api_visibility="private")
-        serve_tab.select(_timers(False, True), None, [quantize_timer, serve_timer], api_visibility="private")
-        demo.load(_timers(True, False), None, [quantize_timer, serve_timer], api_visibility="private")
+        timers = [quantize_timer, serve_timer, memory_timer]
+        quiet = {"api_visibility": "private", "show_progress": "hidden"}
+        quantize_tab.select(_timers(True, False, False), None, timers, **quiet)
+        serve_tab.select(_timers(False, True, False), None, timers, **quiet)
+        memory_tab.select(_timers(False, False, True), None, timers, **quiet)
+        for fn, inputs, outputs in memory_open:
+            memory_tab.select(fn, inputs, outputs, **quiet)
+        demo.load(_timers(True, False, False), None, timers, **quiet)
         # Chat and Tools poll nothing; opening them lists the READY servers (the active one first).
         for tab, picker in ((chat_tab, chat_picker), (tools_tab, tools_picker)):
-            tab.select(_timers(False, False), None, [quantize_timer, serve_timer], api_visibility="private")
-            tab.select(targets.refresh_targets, picker.target, [picker.target, picker.url_row],
-                       api_visibility="private")
-            demo.load(targets.refresh_targets, picker.target, [picker.target, picker.url_row],
-                      api_visibility="private")
+            tab.select(_timers(False, False, False), None, timers, **quiet)
+            tab.select(targets.refresh_targets, picker.target, [picker.target, picker.url_row], **quiet)
+            demo.load(targets.refresh_targets, picker.target, [picker.target, picker.url_row], **quiet)
         serve_this.click(quantize.serve_this, job,
                          [serve_form.model_path, serve_form.model_format, tabs, quantize_message],
-                         api_visibility="private").then(
-            _timers(False, True), None, [quantize_timer, serve_timer], api_visibility="private")
+                         api_visibility="private").then(_timers(False, True, False), None, timers, **quiet)
     launch_kwargs: dict[str, Any] = {"i18n": i18n, "css": CSS, "theme": gr.themes.Soft()}
     return demo, launch_kwargs

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Python interpreter that has lmdeploy installed (default: this one)")
     parser.add_argument("--keep-servers", action="store_true",
                         help="leave api_servers running when the console exits (they are re-attached next time)")
+    parser.add_argument("--gpu-sample-hz", type=float, default=2.0,
+                        help="how often the Memory tab's one sampler reads NVML (0.1 to 20 per second; default 2)")
     return parser
 
 
@@ -61,6 +63,8 @@ def parse_auth(pairs: Sequence[str], auth_file: Path | None) -> tuple[tuple[str,
 def settings_from_args(args: argparse.Namespace) -> Settings:
     if not 1 <= args.port <= 65535:
         raise OptionError(f"--port {args.port}: choose a port between 1 and 65535.")
+    if not 0.1 <= args.gpu_sample_hz <= 20:
+        raise OptionError(f"--gpu-sample-hz {args.gpu_sample_hz}: choose 0.1 to 20 readings a second (2 is plenty).")
     state_dir = (args.state_dir or default_state_dir()).expanduser().resolve()
     roots = []
     for root in args.model_root:
@@ -77,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model_roots=tuple(roots) or (state_dir,),
         lmdeploy_python=args.lmdeploy_python,
         keep_servers=args.keep_servers,
+        gpu_sample_hz=args.gpu_sample_hz,
     )
     problem = settings.exposure_problem()
     if problem:

@@ -41,6 +41,7 @@ class Settings:
     model_roots: tuple[Path, ...] = ()
     lmdeploy_python: str = ""
     keep_servers: bool = False
+    gpu_sample_hz: float = 2.0
 
     @property
     def db_path(self) -> Path:

@@ -6,7 +6,8 @@ import sys
 from dataclasses import dataclass
 
 from webui.services.chat import ChatService
-from webui.services.gpu import GpuProbe
+from webui.services.gpu import GpuProbe, GpuSampler
+from webui.services.memory import MemoryService
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessSupervisor
 from webui.services.quantize import JobArgv, JobManager
@@ -29,6 +30,7 @@ class Services:
     jobs: JobManager
     chat: ChatService
     tool_loop: ToolLoop
+    memory: MemoryService
 
     @classmethod
     def build(cls, settings: Settings, argv_factory: ArgvFactory | None = None,
@@ -48,7 +50,11 @@ class Services:
         jobs = JobManager(store, supervisor, roots, gpu, settings.output_dir, settings.jobs_dir, python=python,
                           job_argv=job_argv)
         chat = ChatService(servers)
-        return cls(settings, store, supervisor, roots, gpu, servers, jobs, chat, ToolLoop(chat))
+        # One NVML reader for the whole app, however many browsers watch the Memory tab.
+        sampler = GpuSampler(gpu, hz=settings.gpu_sample_hz)
+        sampler.start()
+        memory = MemoryService(sampler, store, supervisor, roots)
+        return cls(settings, store, supervisor, roots, gpu, servers, jobs, chat, ToolLoop(chat), memory)
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""
@@ -56,5 +62,6 @@ class Services:
         self.chat.close()
         self.jobs.shutdown()
         self.servers.shutdown(keep_running=keep)
+        self.memory.sampler.stop()
         self.gpu.close()
         self.store.close()

@@ -1,0 +1,159 @@
+"""What the Memory tab shows: the sampler's history and latest reading with processes named by owner, the
+store's events as markers, CSV export, and the planner's prediction next to what a READY server holds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from webui.services.gpu import GpuSampler, Sample
+from webui.services.models import ModelRoots
+from webui.services.planner import MIB, ModelShape, PlanInput, error_percent, plan
+from webui.services.processes import ProcessHandle, ProcessSupervisor
+from webui.services.serve_spec import KV_POLICIES
+from webui.services.store import Store
+
+WINDOWS = {"5m": 300.0, "1h": 3600.0, "24h": 86_400.0}
+CSV_FIELDS = ("time", "gpu", "name", "used_mib", "total_mib", "utilization", "temperature", "power_w")
+LIVE_JOB_STATES = ("RUNNING",)
+LIVE_SERVER_STATES = ("STARTING", "READY", "STOPPING")
+
+
+class MemoryService:
+    """App-scoped read model over the one GpuSampler; every method is a snapshot, safe from any thread."""
+
+    def __init__(self, sampler: GpuSampler, store: Store, supervisor: ProcessSupervisor, roots: ModelRoots) -> None:
+        self.sampler = sampler
+        self._store = store
+        self._supervisor = supervisor
+        self._roots = roots
+
+    # status --------------------------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return self.sampler.probe.available
+
+    @property
+    def reason(self) -> str:
+        """Why there is nothing to show (no NVIDIA driver, NVML missing, a failing read)."""
+        return self.sampler.probe.reason or self.sampler.error
+
+    # owners ----------------------------------------------------------------------------------------
+    def owners(self) -> dict[int, str]:
+        """pid → "server <id>" / "job <id>" for every live process tree this console started."""
+        out: dict[int, str] = {}
+        roots = [(f"server {r.id}", r.pid, r.create_time, r.log_path) for r in self._store.list_servers()
+                 if r.owned and r.pid and r.state in LIVE_SERVER_STATES]
+        roots += [(f"job {r.id}", r.pid, r.create_time, r.log_path) for r in self._store.list_jobs()
+                  if r.pid and r.state in LIVE_JOB_STATES]
+        for label, pid, create_time, log in roots:
+            for proc in self._supervisor.tree(ProcessHandle(pid, create_time or 0.0, log or "")):
+                out[proc.pid] = label
+        return out
+
+    # snapshot and history --------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The latest reading like `nvidia-smi`: GPUs, then compute processes with their owners."""
+        latest = self.sampler.latest()
+        if latest is None:
+            return {"available": self.available, "reason": self.reason or ("" if self.available else "no GPU"),
+                    "t": None, "devices": [], "processes": []}
+        owners = self.owners()
+        processes = []
+        for p in latest.processes:
+            try:
+                name = psutil.Process(p.pid).name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                name = ""
+            processes.append({"gpu": p.gpu_index, "pid": p.pid, "name": name, "used_mib": p.used_bytes / MIB,
+                              "owner": owners.get(p.pid, "")})
+        return {"available": self.available, "reason": self.reason, "t": latest.t,
+                "devices": [_device_row(latest, d) for d in range(len(latest.devices))],
+                "processes": sorted(processes, key=lambda r: (r["gpu"], -r["used_mib"]))}
+
+    def history(self, window: str = "5m") -> list[dict[str, Any]]:
+        """One row per GPU per sample in the window, oldest first."""
+        samples = self.sampler.history(WINDOWS.get(window, WINDOWS["5m"]))
+        return [_device_row(s, i) for s in samples for i in range(len(s.devices))]
+
+    def history_csv(self, window: str = "5m") -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in self.history(window):
+            writer.writerow({**row, "time": f"{row['t']:.3f}"})
+        return out.getvalue()
+
+    def events(self, window: str = "5m", now: float | None = None) -> list[dict[str, Any]]:
+        """Server and job events in the window, for markers on the chart."""
+        latest = self.sampler.latest()
+        now = now if now is not None else (latest.t if latest else None)
+        if now is None:
+            return []
+        since = now - WINDOWS.get(window, WINDOWS["5m"])
+        return [{"t": e.at, "source": e.source, "kind": e.kind, "detail": e.detail}
+                for e in self._store.events(since=since)]
+
+    # predicted against measured --------------------------------------------------------------------
+    def compare_server(self, server_id: str) -> dict[str, Any]:
+        """For a READY server: the planner's prediction for its spec next to NVML and the engine's blocks."""
+        record = self._store.get_server(server_id)
+        if record is None or not record.owned:
+            return {"error": "unknown_server"}
+        spec = record.spec
+        resolved = self._roots.resolve(str(spec.get("model_path", "")))
+        if not isinstance(resolved, Path):
+            return {"error": "model_unreadable"}
+        try:
+            shape = ModelShape.from_config(json.loads((resolved / "config.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError) as exc:
+            return {"error": "model_unreadable", "detail": str(exc)}
+        latest = self.sampler.latest()
+        if latest is None or not latest.devices:
+            return {"error": "no_gpu", "detail": self.reason}
+        tree = set(self.owners_of(server_id))
+        held = sum(p.used_bytes for p in latest.processes if p.pid in tree)
+        device = latest.devices[0]
+        tp = int(spec.get("tp") or 1)
+        predicted = plan(PlanInput(
+            shape, device.total_bytes, cache_max_entry_count=float(spec.get("cache_max_entry_count") or 0.8),
+            quant_policy=KV_POLICIES.get(str(spec.get("kv_policy", "none")), 0),
+            awq=str(spec.get("model_format")) == "awq", session_len=int(spec.get("session_len") or 4096), tp=tp,
+            other_used_bytes=max(device.used_bytes - held, 0)))
+        measured_total = device.used_bytes
+        blocks = record.gpu_blocks
+        return {
+            "server_id": server_id, "state": record.state, "gpu": device.name,
+            "predicted": predicted.as_dict(),
+            "measured": {"device_used_bytes": measured_total, "server_tree_bytes": held, "engine_blocks": blocks},
+            "error_percent": {
+                "total": error_percent(predicted.total_bytes, measured_total),
+                "server": error_percent(predicted.total_bytes - max(device.used_bytes - held, 0), held)
+                if held else None,
+                "blocks": error_percent(predicted.blocks, blocks) if blocks else None,
+            },
+        }
+
+    def owners_of(self, server_id: str) -> list[int]:
+        return [pid for pid, label in self.owners().items() if label == f"server {server_id}"]
+
+
+def _device_row(sample: Sample, index: int) -> dict[str, Any]:
+    d = sample.devices[index]
+    return {"t": sample.t, "gpu": d.index, "name": d.name, "used_mib": d.used_bytes / MIB,
+            "total_mib": d.total_bytes / MIB, "utilization": d.utilization, "temperature": d.temperature,
+            "power_w": d.power_w}
+
+
+def parse_csv(text: str) -> list[dict[str, Any]]:
+    """Read an exported history back (numbers as floats, blanks as None)."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({k: (None if v == "" else (v if k == "name" else float(v))) for k, v in row.items()})
+    return rows
+

@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -136,3 +138,61 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+class StandInNvml(types.ModuleType):
+    """Answers like pynvml for machines without a GPU (the one fake this project has: NVML cannot exist
+    here). Tests set `procs` and `used`; the real NVML path runs in scripts/gpu_check.py on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__("pynvml")
+        self.used = {0: 5 << 30, 1: 0}
+        self.procs: dict[int, list[SimpleNamespace]] = {0: [], 1: []}
+        self.calls = 0
+
+    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+        pass
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
+        return i
+
+    def nvmlDeviceGetName(self, h: int) -> bytes | str:  # noqa: N802
+        return b"NVIDIA A100-SXM4-80GB" if h == 0 else "GRID A100-24C"
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:  # noqa: N802
+        self.calls += 1
+        return SimpleNamespace(total=(80 << 30) if h == 0 else (24 << 30), used=self.used[h])
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:  # noqa: N802
+        return (8, 0) if h == 0 else (7, 0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: int) -> list[SimpleNamespace]:  # noqa: N802
+        return self.procs[h]
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> SimpleNamespace:  # noqa: N802
+        if h == 1:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")  # vGPU slices hide it
+        return SimpleNamespace(gpu=37, memory=12)
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:  # noqa: N802
+        if h == 1:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return 41
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:  # noqa: N802
+        if h == 1:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return 123_456  # milliwatts
+
+
+@pytest.fixture
+def stand_in_nvml(monkeypatch: pytest.MonkeyPatch) -> StandInNvml:
+    nvml = StandInNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    return nvml

@@ -185,7 +185,8 @@ class MemoryHandlers:
                                      legendgroup=name, showlegend=False), row=1, col=2)
         fig.add_vline(x=spec.cache_max_entry_count, line={"dash": "dash", "color": "#9ca3af"})
         fig.update_xaxes(title_text="--cache-max-entry-count")
-        fig.update_layout(height=320, margin={"l": 50, "r": 10, "t": 40, "b": 40}, legend={"orientation": "h"})
+        fig.update_layout(height=340, margin={"l": 50, "r": 10, "t": 60, "b": 40},
+                          legend={"orientation": "h", "y": 1.18, "x": 0})
         return fig
 
     # predicted against measured ----------------------------------------------------------------------
@@ -267,7 +268,8 @@ def build_memory_tab(handlers: MemoryHandlers, i18n: gr.I18n) -> tuple[gr.Timer,
         with gr.Row():
             fraction = gr.Slider(0.05, 0.95, value=0.8, step=0.05, label=i18n("memory.fraction.label"),
                                  elem_id="memory-fraction")
-            kv_policy = gr.Dropdown(list(KV_POLICIES), value="none", label=i18n("memory.kv_policy.label"))
+            kv_policy = gr.Dropdown(list(KV_POLICIES), value="none", label=i18n("memory.kv_policy.label"),
+                                    elem_id="memory-planner-kv")
             session_len = gr.Number(value=4096, precision=0, label=i18n("memory.session_len.label"))
             batch = gr.Number(value=128, precision=0, label=i18n("memory.batch.label"))
             tp = gr.Number(value=1, precision=0, minimum=1, label=i18n("memory.tp.label"))

@@ -181,3 +181,20 @@ def test_exports_replay_and_share_without_the_key() -> None:
     assert loaded["messages"] == messages and loaded["endpoint"]["has_api_key"] is True
     markdown = export_markdown(messages, stats)
     assert "**user**\n\n2+2?" in markdown and "TTFT 42 ms · 31.2 tok/s · 12 + 3 tokens" in markdown
+
+
+def test_invalid_arguments_from_the_model_do_not_poison_the_history(lmdeploy_like) -> None:
+    """What LMDeploy's grammar gave a random model on the GPU (tests/data/tool_choice-probe.json: whitespace
+    arguments under tool_choice required): the tool reports the error, and the history sent next has "{}"."""
+    from webui.services.tool_loop import ToolLoop, _sendable
+
+    probe = json.loads((DATA / "tool_choice-probe.json").read_text(encoding="utf-8"))
+    call = probe["eager_qwen"]["required"]["body"]["choices"][0]["message"]["tool_calls"][0]
+    sent = _sendable(call)
+    assert sent["function"] == {"name": "add", "arguments": "{}"} and sent["id"] == call["id"]
+    assert call["function"]["arguments"].startswith("{\n")  # the original is untouched
+    good = {"id": "c", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+    assert _sendable(good) is good
+    run = new_run("Compute (3+5)*2")
+    ToolLoop._run_call(run, call, {"add", "mul"})
+    assert run.steps[-1]["ok"] is False and "not JSON" in run.steps[-1]["result"]

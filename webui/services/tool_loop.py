@@ -166,7 +166,8 @@ class ToolLoop:
                 yield run
                 return
             # NOTE: content "" rather than None: some servers (llama.cpp) reject null content with tool calls.
-            run.messages = [*run.messages, {"role": "assistant", "content": text, "tool_calls": calls}]
+            run.messages = [*run.messages, {"role": "assistant", "content": text,
+                                            "tool_calls": [_sendable(c) for c in calls]}]
             for call in calls:
                 self._run_call(run, call, names)
             yield run
@@ -190,6 +191,17 @@ class ToolLoop:
             result = json.dumps({"error": result})
         run.steps.append({**step, "source": source, "ok": ok, "result": result})
         run.messages = [*run.messages, {"role": "tool", "tool_call_id": call["id"], "name": name, "content": result}]
+
+
+def _sendable(call: dict[str, Any]) -> dict[str, Any]:
+    """The call as it goes back to the server. Arguments that are not JSON become "{}": LMDeploy refuses a
+    history with invalid arguments (400 "Tool call arguments contain invalid JSON"), and the tool's error
+    result already tells the model what was wrong. The step keeps the raw text for the user."""
+    try:
+        json.loads(call["function"]["arguments"] or "{}")
+        return call
+    except json.JSONDecodeError:
+        return {**call, "function": {**call["function"], "arguments": "{}"}}
 
 
 def give_result(run: ToolRun, call_id: str, result: str) -> ToolRun:

@@ -38,11 +38,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.chat_overhead import compare as chat_compare  # noqa: E402
+from benchmarks.sampler_cost import cpu_share  # noqa: E402
 from benchmarks.serve_lifecycle import first_healthy  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 from webui.services.chat import ChatError, SamplingParams  # noqa: E402
 from webui.services.container import Services  # noqa: E402
-from webui.services.gpu import GpuProbe, GpuSampler  # noqa: E402
+from webui.services.gpu import GpuProbe  # noqa: E402
 from webui.services.processes import ProcessHandle  # noqa: E402
 from webui.services.serve_spec import ServerSpec, suggest_port  # noqa: E402
 from webui.services.tool_loop import new_run, parse_tool_choice, preset  # noqa: E402
@@ -181,20 +182,11 @@ def stop_checks(services: Services, checks: Checks, label: str, server_id: str, 
 
 
 def sampler_cpu(seconds: float = 10.0, hz: float = 4.0) -> dict[str, Any]:
-    """CPU time the sampler costs at `hz` on real NVML, measured while nothing else of the console runs."""
+    """CPU the Memory sampler costs at `hz` on real NVML, before anything else of the console runs."""
     probe = GpuProbe()
-    sampler = GpuSampler(probe, hz=hz)
-    me = psutil.Process()
-    before = me.cpu_times()
-    t0 = time.monotonic()
-    sampler.start()
-    time.sleep(seconds)
-    sampler.stop()
-    wall = time.monotonic() - t0
-    after = me.cpu_times()
-    cpu = (after.user - before.user) + (after.system - before.system)
+    percent, reads = cpu_share(probe, hz, seconds)
     probe.close()
-    return {"hz": hz, "seconds": wall, "cpu_seconds": cpu, "core_percent": cpu / wall * 100, "reads": sampler.reads}
+    return {"hz": hz, "seconds": seconds, "core_percent": percent, "reads": reads}
 
 
 def chat_and_tools_without_parser(services: Services, server_id: str, runs: int, checks: Checks) -> dict[str, Any]:

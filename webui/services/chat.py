@@ -222,11 +222,7 @@ class ChatService:
         `cancelled=True`.
         """
         request_id = request_id or self.new_request_id()
-        kwargs = params.request_kwargs(endpoint.lmdeploy)
-        if tools:
-            kwargs["tools"] = tools
-            if tool_choice:
-                kwargs["tool_choice"] = tool_choice
+        kwargs = _kwargs(endpoint, params, tools, tool_choice)
         if endpoint.lmdeploy:
             kwargs["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
@@ -310,11 +306,7 @@ class ChatService:
     ) -> StreamEvent:
         """One request without streaming, for servers that cannot stream a case (llama.cpp cannot stream
         tool_choice auto). Returns the same final event; time to first token is the whole request."""
-        kwargs = params.request_kwargs(endpoint.lmdeploy)
-        if tools:
-            kwargs["tools"] = tools
-            if tool_choice:
-                kwargs["tool_choice"] = tool_choice
+        kwargs = _kwargs(endpoint, params, tools, tool_choice)
         started = time.perf_counter()
         # One retry: a connection that a server broke off just before may still sit in the pool.
         client = self._client(endpoint.base_url, endpoint.api_key).with_options(max_retries=1)
@@ -365,6 +357,16 @@ class ChatService:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+
+def _kwargs(endpoint: Endpoint, params: SamplingParams, tools: list[dict[str, Any]] | None,
+            tool_choice: str | dict[str, Any] | None) -> dict[str, Any]:
+    kwargs = params.request_kwargs(endpoint.lmdeploy)
+    if tools:
+        kwargs["tools"] = tools
+        if tool_choice:
+            kwargs["tool_choice"] = tool_choice
+    return kwargs
 
 
 def classify(exc: BaseException, base_url: str) -> ChatError:

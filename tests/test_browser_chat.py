@@ -137,3 +137,39 @@ def test_stop_keeps_the_partial_reply_and_a_manual_tool_takes_the_users_result(b
     expect(page.locator("#tools-outcome")).to_contain_text("Answered after 2 model calls", timeout=TIMEOUT_MS)
     expect(page.locator("#tools-transcript")).to_contain_text("get_current_weather")
     page.close()
+
+
+def test_tools_on_a_server_without_a_parser_offer_the_restart(browser, tmp_path: Path, model_root: Path) -> None:  # noqa: F811
+    """The active server answers tools with LMDeploy's recorded 400; the tab offers a parser and restarts it."""
+    from playwright.sync_api import expect
+
+    from tests.conftest import fake_argv_factory
+    from webui.services.serve_spec import ServerSpec
+
+    services = Services.build(Settings(state_dir=tmp_path / "state", model_roots=(model_root,)),
+                              argv_factory=fake_argv_factory())
+    server = services.servers.start(ServerSpec(model_path=str(model_root / "tiny llama; echo pwned"),
+                                               port=suggest_port(31800))).server
+    assert services.servers.wait_for(server.id, {"READY", "FAILED"}, 30).state == "READY"
+    demo, launch_kwargs = build_app(services)
+    demo.queue()
+    port = suggest_port(18160)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
+    try:
+        page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1300})
+        page.goto(f"http://127.0.0.1:{port}")
+        page.get_by_role("tab", name="Tools").click()
+        expect(page.locator("#tools-target input")).to_have_value(re.compile(rf"★ {server.id}"), timeout=TIMEOUT_MS)
+        page.locator("#tools-run").click()
+        expect(page.locator("#tools-outcome")).to_contain_text("without a tool-call parser", timeout=TIMEOUT_MS)
+        restart = page.locator("#tools-restart")
+        expect(restart).to_be_visible()
+        restart.click()
+        expect(page.locator("#tools-outcome")).to_contain_text(f"Restarting {server.id} with --tool-call-parser",
+                                                               timeout=TIMEOUT_MS)
+        ready = services.servers.wait_for(server.id, {"READY", "FAILED"}, 30)
+        assert ready.state == "READY" and ready.tool_call_parser and "--tool-call-parser" in ready.command
+        page.close()
+    finally:
+        demo.close()
+        services.close()

@@ -90,8 +90,9 @@ class TargetHandlers:
 
 def build_target_picker(i18n: gr.I18n, prefix: str) -> TargetPicker:
     with gr.Row():
-        target = gr.Dropdown(label=i18n("target.label"), info=i18n("target.info"), choices=[(OTHER_URL, OTHER_URL)],
-                             value=OTHER_URL, allow_custom_value=True, scale=3, elem_id=f"{prefix}-target")
+        # No value until the page loads: then the active READY server is picked, or "Other URL" when none.
+        target = gr.Dropdown(label=i18n("target.label"), info=i18n("target.info"), choices=[], value=None,
+                             allow_custom_value=True, scale=3, elem_id=f"{prefix}-target")
         model = gr.Dropdown(label=i18n("target.model.label"), choices=[], allow_custom_value=True, scale=2,
                             elem_id=f"{prefix}-model")
         list_models = gr.Button(i18n("target.list_models"), scale=1, size="sm")

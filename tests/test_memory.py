@@ -157,6 +157,13 @@ def test_predicted_against_measured_for_a_ready_server(watched) -> None:
     # The stand-in sits on an 80 GiB "A100" (81,920 MiB, not the H100's 81,559), so the prediction moves a bit.
     assert abs(result["error_percent"]["total"]) < 5
     assert abs(result["error_percent"]["server"]) < 5
+    assert result["measured"]["engine_cache_budget_bytes"] is None  # the pytorch engine logs blocks, not a budget
+    # A TurboMind server says its budget instead (format string from LMDeploy's _turbomind library).
+    pool_mib = result["predicted"]["kv_pool_bytes"] / MIB
+    with open(services.store.get_server(server.id).log_path, "a", encoding="utf-8") as log:
+        log.write(f"[TM][INFO] Object cache budget: {pool_mib * 1.02:.2f} MB from free 80000.00 MB and ratio 0.400\n")
+    again = services.memory.compare_server(server.id)
+    assert again["error_percent"]["cache_budget"] == pytest.approx(-1.96, abs=0.05)
 
 
 def _handle(services: Services, server_id: str):

@@ -79,3 +79,15 @@ def test_tail_reads_only_the_end(tmp_path: Path) -> None:
     last = tail(log, max_lines=3)
     assert last == ["line 99997", "line 99998", "line 99999"]
     assert tail(tmp_path / "missing.log") == []
+
+
+def test_turbomind_cache_budget_line_is_read() -> None:
+    """TurboMind reports a KV budget instead of blocks. The line is built from the format string inside LMDeploy
+    0.18's _turbomind library ("Object cache budget: {:.2f} MB from free {:.2f} MB and ratio {:.3f}"): TurboMind
+    cannot run on the machines this project is tested on, so no recorded log has it."""
+    from webui.services.serve_log import read_startup
+
+    line = "[TM][INFO] Object cache budget: 31337.50 MB from free 39171.88 MB and ratio 0.800"
+    reading = read_startup(["[TM][INFO] loading weights", line])
+    assert reading.cache_budget_mb == 31337.5 and reading.cache_free_mb == 39171.88
+    assert read_startup([line.replace("budget", "limit")]).cache_budget_mb is None

@@ -15,6 +15,7 @@ from webui.services.gpu import GpuSampler, Sample
 from webui.services.models import ModelRoots
 from webui.services.planner import MIB, ModelShape, PlanInput, error_percent, plan
 from webui.services.processes import ProcessHandle, ProcessSupervisor
+from webui.services.serve_log import read_startup, tail
 from webui.services.serve_spec import KV_POLICIES
 from webui.services.store import Store
 
@@ -127,15 +128,19 @@ class MemoryService:
             other_used_bytes=max(device.used_bytes - held, 0)))
         measured_total = device.used_bytes
         blocks = record.gpu_blocks
+        reading = read_startup(tail(record.log_path, 5000)) if record.log_path else None
+        budget = reading.cache_budget_mb if reading else None  # TurboMind says its KV budget instead of blocks
         return {
             "server_id": server_id, "state": record.state, "gpu": device.name,
             "predicted": predicted.as_dict(),
-            "measured": {"device_used_bytes": measured_total, "server_tree_bytes": held, "engine_blocks": blocks},
+            "measured": {"device_used_bytes": measured_total, "server_tree_bytes": held, "engine_blocks": blocks,
+                         "engine_cache_budget_bytes": int(budget * MIB) if budget else None},
             "error_percent": {
                 "total": error_percent(predicted.total_bytes, measured_total),
                 "server": error_percent(predicted.total_bytes - max(device.used_bytes - held, 0), held)
                 if held else None,
                 "blocks": error_percent(predicted.blocks, blocks) if blocks else None,
+                "cache_budget": error_percent(predicted.kv_pool_bytes, budget * MIB) if budget else None,
             },
         }
 

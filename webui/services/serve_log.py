@@ -40,6 +40,9 @@ PHASE_KEYS = tuple(p.key for p in PHASES)
 WARMUP_DONE = re.compile(r"Engine warmup completed in ([\d.]+) seconds")
 GPU_BLOCKS = re.compile(r"num_gpu_blocks=(\d+)")
 BLOCK_SIZE = re.compile(r"\bblock_size=(\d+)")
+# TurboMind's line, from the format string in LMDeploy 0.18's _turbomind library (never seen running here):
+# "Object cache budget: {:.2f} MB from free {:.2f} MB and ratio {:.3f}"
+CACHE_BUDGET = re.compile(r"Object cache budget: ([\d.]+) MB from free ([\d.]+) MB and ratio ([\d.]+)")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class StartupReading:
     warmup_seconds: float | None = None
     gpu_blocks: int | None = None
     block_size: int | None = None
+    cache_budget_mb: float | None = None  # TurboMind's KV budget
+    cache_free_mb: float | None = None
 
 
 def clean(line: str) -> str:
@@ -94,6 +99,7 @@ def read_startup(lines: list[str]) -> StartupReading:
     warmup: float | None = None
     blocks: int | None = None
     block_size: int | None = None
+    budget: tuple[float, float] | None = None
     for raw in lines:
         for segment in raw.split("\r"):
             for index in range(len(PHASES) - 1, best, -1):
@@ -106,8 +112,11 @@ def read_startup(lines: list[str]) -> StartupReading:
                 blocks = int(m.group(1))
                 if bs := BLOCK_SIZE.search(segment):
                     block_size = int(bs.group(1))
+            if m := CACHE_BUDGET.search(segment):
+                budget = (float(m.group(1)), float(m.group(2)))
     phase = PHASES[best]
-    return StartupReading(phase.key, phase.progress, warmup, blocks, block_size)
+    return StartupReading(phase.key, phase.progress, warmup, blocks, block_size,
+                          *(budget if budget else (None, None)))
 
 
 def find_hint(lines: list[str]) -> Hint | None:

@@ -220,6 +220,9 @@ class MemoryHandlers:
                  f"{measured['server_tree_bytes'] / MIB:,.0f} MiB | {pct(error['server'])} |",
                  f"| {t('memory.compare.blocks', locale)} | {predicted['blocks']:,} | "
                  f"{measured['engine_blocks'] or '—'} | {pct(error['blocks'])} |"]
+        if measured["engine_cache_budget_bytes"]:
+            lines.append(f"| {t('memory.compare.budget', locale)} | {predicted['kv_pool_bytes'] / MIB:,.0f} MiB | "
+                         f"{measured['engine_cache_budget_bytes'] / MIB:,.0f} MiB | {pct(error['cache_budget'])} |")
         return "\n".join(lines)
 
     # scripting -------------------------------------------------------------------------------------

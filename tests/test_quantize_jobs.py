@@ -64,6 +64,11 @@ def test_data_free_job_reaches_100_percent_with_a_result(services: Services, mod
     assert r["quantization_config"]["bits"] == 4 and r["peak_ram_bytes"] > 100e6
     assert "--calib-samples 0" in job.command
     assert [e.kind for e in services.store.events(job.id)] == ["queued", "started", "succeeded"]
+    # The Memory chart marks where the job entered each phase, at the times the worker wrote them.
+    marks = [m for m in services.memory.events("1h", now=time.time()) if m["source"] == job.id]
+    phases = [m["kind"] for m in marks if m["kind"].startswith("phase ")]
+    assert phases[0] == "phase load" and "phase quantize" in phases and phases[-1] == "phase done"
+    assert all(job.started_at - 1 <= m["t"] <= job.ended_at + 1 for m in marks)
     # The output is servable: it shows up among the models the Serve tab offers.
     assert output in services.roots.discover()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 
+from webui.services.awq_progress import read_events
 from webui.services.gpu import GpuSampler, Sample
 from webui.services.models import ModelRoots
 from webui.services.planner import MIB, ModelShape, PlanInput, error_percent, plan
@@ -97,8 +98,23 @@ class MemoryService:
         if now is None:
             return []
         since = now - WINDOWS.get(window, WINDOWS["5m"])
-        return [{"t": e.at, "source": e.source, "kind": e.kind, "detail": e.detail}
-                for e in self._store.events(since=since)]
+        marks = [{"t": e.at, "source": e.source, "kind": e.kind, "detail": e.detail}
+                 for e in self._store.events(since=since)]
+        return sorted(marks + self._job_phases(since), key=lambda m: m["t"])
+
+    def _job_phases(self, since: float) -> list[dict[str, Any]]:
+        """Where each quantization job entered each phase (from its progress file), for jobs in the window."""
+        marks = []
+        for job in self._store.list_jobs():
+            if not job.progress_path or not job.started_at or (job.ended_at or since) < since:
+                continue
+            seen: set[str] = set()
+            for event in read_events(job.progress_path):
+                phase, at = str(event.get("phase", "")), event.get("at")
+                if phase and phase not in seen and isinstance(at, (int, float)) and at >= since:
+                    seen.add(phase)
+                    marks.append({"t": float(at), "source": job.id, "kind": f"phase {phase}", "detail": ""})
+        return marks
 
     # predicted against measured --------------------------------------------------------------------
     def compare_server(self, server_id: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class ProgressWriter:
 
     def emit(self, **event: Any) -> None:
         event.setdefault("t", round(time.monotonic() - self._start, 3))
+        event.setdefault("at", round(time.time(), 3))  # wall clock: the Memory chart marks phases with it
         with self._lock:
             self._file.write(json.dumps(event) + "\n")
             self._file.flush()

@@ -158,6 +158,13 @@ def test_predicted_against_measured_for_a_ready_server(watched) -> None:
     assert abs(result["error_percent"]["total"]) < 5
     assert abs(result["error_percent"]["server"]) < 5
     assert result["measured"]["engine_cache_budget_bytes"] is None  # the pytorch engine logs blocks, not a budget
+    assert result["measured"]["others_bytes"] == 480 * MIB
+    from webui.i18n.catalog import Catalog
+    from webui.ui.memory_tab import MemoryHandlers
+
+    table = MemoryHandlers(services.memory, services.servers, services.roots, Catalog.load()).compare_server(
+        server.id, None)
+    assert f"| {(36_142 - 480):,} MiB |" in table and "256839" in table  # measured server memory, engine blocks
     # A TurboMind server says its budget instead (format string from LMDeploy's _turbomind library).
     pool_mib = result["predicted"]["kv_pool_bytes"] / MIB
     with open(services.store.get_server(server.id).log_path, "a", encoding="utf-8") as log:

@@ -122,7 +122,7 @@ class GpuProbe:
 
         return self._per_device(read)
 
-    def read_sample(self, with_processes: bool = True) -> Sample:
+    def read_sample(self) -> Sample:
         """One reading of every GPU (and its compute processes) for the sampler."""
 
         def read(nvml: Any, index: int, handle: Any) -> list[DeviceSample]:
@@ -136,8 +136,7 @@ class GpuProbe:
                 power / 1000.0 if power is not None else None)]
 
         devices = tuple(self._per_device(read))
-        processes = tuple(self.process_memory()) if with_processes else ()
-        return Sample(time.time(), devices, processes)
+        return Sample(time.time(), devices, tuple(self.process_memory()))
 
     def memory_of(self, pids: set[int]) -> int:
         """Bytes held on all GPUs by the given pids (a server's whole process tree)."""

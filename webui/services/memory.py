@@ -136,12 +136,12 @@ class MemoryService:
         tree = set(self.owners_of(server_id))
         held = sum(p.used_bytes for p in latest.processes if p.pid in tree)
         device = latest.devices[0]
-        tp = int(spec.get("tp") or 1)
+        others = max(device.used_bytes - held, 0)  # what other programs hold: not the server's to predict
         predicted = plan(PlanInput(
             shape, device.total_bytes, cache_max_entry_count=float(spec.get("cache_max_entry_count") or 0.8),
             quant_policy=KV_POLICIES.get(str(spec.get("kv_policy", "none")), 0),
-            awq=str(spec.get("model_format")) == "awq", session_len=int(spec.get("session_len") or 4096), tp=tp,
-            other_used_bytes=max(device.used_bytes - held, 0)))
+            awq=str(spec.get("model_format")) == "awq", session_len=int(spec.get("session_len") or 4096),
+            tp=int(spec.get("tp") or 1), other_used_bytes=others))
         measured_total = device.used_bytes
         blocks = record.gpu_blocks
         reading = read_startup(tail(record.log_path, 5000)) if record.log_path else None
@@ -149,12 +149,11 @@ class MemoryService:
         return {
             "server_id": server_id, "state": record.state, "gpu": device.name,
             "predicted": predicted.as_dict(),
-            "measured": {"device_used_bytes": measured_total, "server_tree_bytes": held, "engine_blocks": blocks,
-                         "engine_cache_budget_bytes": int(budget * MIB) if budget else None},
+            "measured": {"device_used_bytes": measured_total, "server_tree_bytes": held, "others_bytes": others,
+                         "engine_blocks": blocks, "engine_cache_budget_bytes": int(budget * MIB) if budget else None},
             "error_percent": {
                 "total": error_percent(predicted.total_bytes, measured_total),
-                "server": error_percent(predicted.total_bytes - max(device.used_bytes - held, 0), held)
-                if held else None,
+                "server": error_percent(predicted.total_bytes - others, held) if held else None,
                 "blocks": error_percent(predicted.blocks, blocks) if blocks else None,
                 "cache_budget": error_percent(predicted.kv_pool_bytes, budget * MIB) if budget else None,
             },

@@ -210,13 +210,12 @@ class MemoryHandlers:
         def pct(value: float | None) -> str:
             return "—" if value is None else f"{value:+.1f}%"
 
-        others = max(measured["device_used_bytes"] - measured["server_tree_bytes"], 0)
         lines = [f"| | {t('memory.compare.predicted', locale)} | {t('memory.compare.measured', locale)} | "
                  f"{t('memory.compare.error', locale)} |", "|---|---|---|---|",
                  f"| {t('memory.compare.device', locale)} | {predicted['total_bytes'] / MIB:,.0f} MiB | "
                  f"{measured['device_used_bytes'] / MIB:,.0f} MiB | {pct(error['total'])} |",
                  f"| {t('memory.compare.server', locale)} | "
-                 f"{(predicted['total_bytes'] - others) / MIB:,.0f} MiB | "
+                 f"{(predicted['total_bytes'] - measured['others_bytes']) / MIB:,.0f} MiB | "
                  f"{measured['server_tree_bytes'] / MIB:,.0f} MiB | {pct(error['server'])} |",
                  f"| {t('memory.compare.blocks', locale)} | {predicted['blocks']:,} | "
                  f"{measured['engine_blocks'] or '—'} | {pct(error['blocks'])} |"]

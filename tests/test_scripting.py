@@ -138,3 +138,6 @@ def test_chat_and_run_tools_from_a_script(client, chat_server) -> None:
                       '{"type": "object", "properties": {"n": {"type": "int"}}}}}]', api_name="/run_tools", **target)
     assert bad["error"]["kind"] == "bad_tools" and "write “integer”" in bad["error"]["message"]
     assert "$[0].function.parameters.properties.n.type" in bad["error"]["message"]
+    choice = api.predict(prompt="x", tool_choice="eval", api_name="/run_tools", **target)
+    assert choice["error"] == {"kind": "bad_request", "message": choice["error"]["message"]}
+    assert "'eval' is not auto, required, none or a tool" in choice["error"]["message"]

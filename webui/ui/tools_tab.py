@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from webui.i18n.catalog import Catalog
-from webui.services.chat import ChatError, SamplingParams, format_stats
+from webui.services.chat import ChatError, Endpoint, SamplingParams, format_stats
 from webui.services.models import ModelInfo, ModelRoots, read_model_info
 from webui.services.serve import ServerManager
 from webui.services.serve_spec import TOOL_CALL_PARSERS
@@ -92,6 +92,21 @@ class ToolsHandlers:
             f"- `{p.path}`: {self.catalog.text(p.key, locale, **p.params)}" for p in problems)
 
     # the loop --------------------------------------------------------------------------------------
+    def prepare(self, tools_json: str, tool_choice: str | None, target: str | None, base_url: str, api_key: str,
+                model: str | None, locale: str) -> tuple[list[dict[str, Any]], Any, Endpoint]:
+        """The checked tools, the parsed tool_choice and the endpoint of a run, for the tab and for scripts.
+
+        Raises ChatError: "bad_tools" (the problems, by JSON path), "bad_choice", or the endpoint's own kinds.
+        """
+        checked = check_tools(tools_json or "")
+        if checked and isinstance(checked[0], ToolProblem):
+            raise ChatError("bad_tools", self.problems_text(checked, locale))
+        try:
+            choice = parse_tool_choice(tool_choice or "auto", checked)
+        except ValueError as exc:
+            raise ChatError("bad_choice", str(exc)) from exc
+        return checked, choice, self.targets.endpoint(target, base_url, api_key, model)
+
     def start_run(self, prompt: str, system_prompt: str
                   ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str]:
         """A new run for the prompt, and the request id that Stop will close."""
@@ -118,18 +133,17 @@ class ToolsHandlers:
         if run is None:
             yield [], None, self.catalog.text("tools.msg.no_prompt", locale), *hidden
             return
-        checked = check_tools(tools_json or "")
-        if checked and isinstance(checked[0], ToolProblem):
-            yield self.transcript(run), state, self.problems_text(checked, locale), *hidden
-            return
         try:
-            choice = parse_tool_choice(tool_choice or "auto", checked)
-            endpoint = self.targets.endpoint(target, base_url, api_key, model)
-        except ValueError as exc:
-            yield self.transcript(run), state, f"⚠ {exc}", *hidden
-            return
+            checked, choice, endpoint = self.prepare(tools_json, tool_choice, target, base_url, api_key, model,
+                                                     locale)
         except ChatError as exc:
-            yield self.transcript(run), state, self.targets.error_text(exc, locale), *hidden
+            if exc.kind == "bad_tools":
+                text = exc.message  # already a heading and one line per problem
+            elif exc.kind == "bad_choice":
+                text = f"⚠ {exc.message}"
+            else:
+                text = self.targets.error_text(exc, locale)
+            yield self.transcript(run), state, text, *hidden
             return
         params = SamplingParams(temperature=float(temperature), max_tokens=as_int(max_tokens, 256))
         for current in self.loop.run(endpoint, run, checked, choice, params, as_int(max_steps, 5),
@@ -166,17 +180,12 @@ class ToolsHandlers:
                       system_prompt: str = "") -> dict[str, Any]:
         """Run the whole loop for scripts; `tools` is the tools list as JSON text (default: the add/mul preset).
         Manual tools are not run: the answer then lists them under "waiting". Errors come back as {"error": …}."""
-        tools_json = tools or json.dumps(preset("add_mul")[0])
-        checked = check_tools(tools_json)
-        if checked and isinstance(checked[0], ToolProblem):
-            return {"error": {"kind": "bad_tools", "message": self.problems_text(checked, "en")}}
         try:
-            choice = parse_tool_choice(tool_choice, checked)
-            endpoint = self.targets.endpoint("url" if base_url else server_id, base_url, api_key, model)
-        except ValueError as exc:
-            return {"error": {"kind": "bad_request", "message": str(exc)}}
+            checked, choice, endpoint = self.prepare(tools or json.dumps(preset("add_mul")[0]), tool_choice,
+                                                     "url" if base_url else server_id, base_url, api_key, model, "en")
         except ChatError as exc:
-            return {"error": {"kind": exc.kind, "message": exc.message}}
+            kind = "bad_request" if exc.kind == "bad_choice" else exc.kind
+            return {"error": {"kind": kind, "message": exc.message}}
         run = new_run(prompt, system_prompt)
         params = SamplingParams(temperature=float(temperature), max_tokens=int(max_tokens))
         for _ in self.loop.run(endpoint, run, checked, choice, params, int(max_steps)):

@@ -107,7 +107,10 @@ def test_cancel_mid_run_leaves_nothing_behind(services: Services, model: str) ->
     assert running.state == "RUNNING" and running.phase == "calibrate"
     record = services.store.get_job(job.id)
     tree = [record.pid, *[c.pid for c in psutil.Process(record.pid).children(recursive=True)]]
-    cancelled = services.jobs.cancel(job.id)
+    asked = time.monotonic()
+    assert services.jobs.cancel(job.id).state == "CANCELLING"
+    assert time.monotonic() - asked < 0.5  # the call signals and returns
+    cancelled = services.jobs.wait_for(job.id, FINAL, 15)
     assert cancelled.state == "CANCELLED"
     assert all(gone(pid) for pid in tree)
     assert not Path(job.output_dir).exists() or not any(Path(job.output_dir).iterdir())

@@ -48,8 +48,13 @@ def test_start_ready_stop(fake_services: Services, model_root: Path) -> None:
 
     tree = [p.pid for p in psutil.Process(ready.pid).children(recursive=True)] + [ready.pid]
     assert len(tree) >= 2  # the stand-in's engine worker
-    stopped = manager.stop(server.id)
-    assert stopped.state == "STOPPED"
+    asked = time.monotonic()
+    stopping = manager.stop(server.id)
+    assert time.monotonic() - asked < 0.5  # the call signals and returns; it never waits for the process
+    assert stopping.state == "STOPPING"
+    stopped = manager.wait_for(server.id, {"STOPPED"}, timeout_s=10)
+    assert stopped.state == "STOPPED" and stopped.detail == "serve.detail.stopped"
+    assert float(stopped.detail_params["seconds"]) < 5
     assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in tree)
     assert [e.kind for e in fake_services.store.events(server.id)] == ["start", "ready", "stopped"]
 
@@ -115,7 +120,7 @@ def test_console_restart_reattaches_live_servers_and_marks_dead_ones_lost(settin
     live = first.servers.start(spec_for(model_root)).server
     doomed = first.servers.start(spec_for(model_root, port=suggest_port(live.port + 1))).server
     assert first.servers.wait_for(live.id, TERMINAL, 30).state == "READY"
-    assert first.servers.wait_for(doomed.id, TERMINAL, 30).state == "READY"
+    assert first.servers.wait_for(doomed.id, TERMINAL, 30).state == "READY", first.servers.log(doomed.id)[-6:]
     first.close(keep_servers=True)  # the console exits; the servers were asked to keep running
     psutil.Process(doomed.pid).kill()  # one of them dies while no console watches
     psutil.Process(doomed.pid).wait(5)
@@ -168,8 +173,9 @@ def test_stop_of_a_server_that_ignores_sigterm(settings: Settings, model_root: P
     try:
         server = services.servers.start(spec_for(model_root)).server
         services.servers.wait_for(server.id, TERMINAL, 30)
-        stopped = services.servers.stop(server.id)
-        assert stopped.state == "STOPPED" and "killed" in stopped.detail
+        assert services.servers.stop(server.id).state == "STOPPING"
+        stopped = services.servers.wait_for(server.id, {"STOPPED"}, 10)
+        assert stopped.state == "STOPPED" and stopped.detail == "serve.detail.stopped_killed"
         assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == psutil.STATUS_ZOMBIE
     finally:
         services.close()

@@ -48,6 +48,11 @@ class Settings:
         return self.state_dir / "console.sqlite3"
 
     @property
+    def secrets_path(self) -> Path:
+        """API keys and tokens: an owner-only file beside the database, never inside it."""
+        return self.state_dir / "secrets.json"
+
+    @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
 

@@ -11,6 +11,7 @@ from webui.services.memory import MemoryService
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessSupervisor
 from webui.services.quantize import JobArgv, JobManager
+from webui.services.secrets import SecretStore
 from webui.services.serve import ArgvFactory, ServerManager
 from webui.services.store import Store
 from webui.services.tool_loop import ToolLoop
@@ -23,6 +24,7 @@ class Services:
 
     settings: Settings
     store: Store
+    secrets: SecretStore
     supervisor: ProcessSupervisor
     roots: ModelRoots
     gpu: GpuProbe
@@ -39,6 +41,7 @@ class Services:
                        settings.jobs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_path)
+        secrets = SecretStore(settings.secrets_path)
         supervisor = ProcessSupervisor()
         # Outputs and uploads are always readable: a quantized model must be servable, an upload usable.
         roots = ModelRoots((*(settings.model_roots or (settings.state_dir,)), settings.output_dir,
@@ -46,7 +49,7 @@ class Services:
         gpu = GpuProbe()
         python = settings.lmdeploy_python or sys.executable
         servers = ServerManager(store, supervisor, roots, gpu, settings.log_dir, python=python,
-                                argv_factory=argv_factory)
+                                secrets=secrets, argv_factory=argv_factory)
         jobs = JobManager(store, supervisor, roots, gpu, settings.output_dir, settings.jobs_dir, python=python,
                           job_argv=job_argv)
         chat = ChatService(servers)
@@ -54,7 +57,7 @@ class Services:
         sampler = GpuSampler(gpu, hz=settings.gpu_sample_hz)
         sampler.start()
         memory = MemoryService(sampler, store, supervisor, roots)
-        return cls(settings, store, supervisor, roots, gpu, servers, jobs, chat, ToolLoop(chat), memory)
+        return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, chat, ToolLoop(chat), memory)
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""

@@ -13,17 +13,18 @@ import psutil
 
 from webui.services.awq_progress import read_events
 from webui.services.gpu import GpuSampler, Sample
+from webui.services.job_states import LIVE_JOB_STATES
+from webui.services.lifecycle import handle_of
 from webui.services.models import ModelRoots
 from webui.services.planner import MIB, ModelShape, PlanInput, error_percent, plan
-from webui.services.processes import ProcessHandle, ProcessSupervisor
+from webui.services.processes import ProcessSupervisor
 from webui.services.serve_log import read_startup, tail
 from webui.services.serve_spec import KV_POLICIES
+from webui.services.server_states import LIVE_STATES
 from webui.services.store import Store
 
 WINDOWS = {"5m": 300.0, "1h": 3600.0, "24h": 86_400.0}
 CSV_FIELDS = ("time", "gpu", "name", "used_mib", "total_mib", "utilization", "temperature", "power_w")
-LIVE_JOB_STATES = ("RUNNING",)
-LIVE_SERVER_STATES = ("STARTING", "READY", "STOPPING")
 
 
 class MemoryService:
@@ -50,11 +51,11 @@ class MemoryService:
         """pid → "server <id>" / "job <id>" for every live process tree this console started."""
         out: dict[int, str] = {}
         roots = [(f"server {r.id}", r.pid, r.create_time, r.log_path) for r in self._store.list_servers()
-                 if r.owned and r.pid and r.state in LIVE_SERVER_STATES]
+                 if r.owned and r.pid and r.state in LIVE_STATES]
         roots += [(f"job {r.id}", r.pid, r.create_time, r.log_path) for r in self._store.list_jobs()
                   if r.pid and r.state in LIVE_JOB_STATES]
         for label, pid, create_time, log in roots:
-            for proc in self._supervisor.tree(ProcessHandle(pid, create_time or 0.0, log or "")):
+            for proc in self._supervisor.tree(handle_of(pid, create_time, log)):
                 out[proc.pid] = label
         return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,34 @@ class StopReport:
     seconds: float
     killed: bool
     pids: tuple[int, ...]
+
+
+class StopTicket:
+    """A stop under way: SIGTERM has been sent; a daemon thread escalates to SIGKILL after the grace time.
+
+    The caller returns at once (no handler waits on a process); whoever needs the outcome calls wait().
+    """
+
+    def __init__(self, pids: tuple[int, ...]) -> None:
+        self.pids = pids
+        self._done = threading.Event()
+        self._report: StopReport | None = None
+
+    def _finish(self, report: StopReport) -> None:
+        self._report = report
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def report(self) -> StopReport | None:
+        return self._report
+
+    def wait(self, timeout_s: float | None = None) -> StopReport | None:
+        self._done.wait(timeout_s)
+        return self._report
 
 
 class ProcessSupervisor:
@@ -72,8 +101,10 @@ class ProcessSupervisor:
         create_time = psutil.Process(proc.pid).create_time()
         return ProcessHandle(pid=proc.pid, create_time=create_time, log_path=str(log_path))
 
-    def find(self, handle: ProcessHandle) -> psutil.Process | None:
+    def find(self, handle: ProcessHandle | None) -> psutil.Process | None:
         """The live process behind handle, or None if it is gone or the pid now belongs to another process."""
+        if handle is None or handle.pid <= 0:
+            return None
         try:
             proc = psutil.Process(handle.pid)
             if abs(proc.create_time() - handle.create_time) > CREATE_TIME_TOLERANCE_S:
@@ -86,17 +117,22 @@ class ProcessSupervisor:
             self._reap(handle.pid)
             return None
 
-    def is_alive(self, handle: ProcessHandle) -> bool:
+    def is_alive(self, handle: ProcessHandle | None) -> bool:
         return self.find(handle) is not None
 
-    def exit_code(self, handle: ProcessHandle) -> int | None:
-        """Exit status when this console spawned the child and it has ended; None otherwise."""
-        proc = self._popen.get(handle.pid)
+    def exit_code(self, handle: ProcessHandle | None) -> int | None:
+        """Exit status when this console spawned the child and it has ended (reaping it); None otherwise."""
+        proc = self._popen.get(handle.pid) if handle is not None else None
         if proc is None:
             return None
         return proc.poll()
 
-    def tree(self, handle: ProcessHandle) -> list[psutil.Process]:
+    def forget(self, handle: ProcessHandle | None) -> None:
+        """Drop the Popen of a child whose end has been recorded (reaped first, so no zombie is left)."""
+        if handle is not None and (proc := self._popen.get(handle.pid)) is not None and proc.poll() is not None:
+            self._popen.pop(handle.pid, None)
+
+    def tree(self, handle: ProcessHandle | None) -> list[psutil.Process]:
         """The child and all its descendants (for memory attribution and complete stops)."""
         root = self.find(handle)
         if root is None:
@@ -106,22 +142,33 @@ class ProcessSupervisor:
         except psutil.NoSuchProcess:
             return [root]
 
-    def stop(self, handle: ProcessHandle, grace_s: float = 10.0) -> StopReport:
+    def stop(self, handle: ProcessHandle | None, grace_s: float = 10.0) -> StopReport:
         """SIGTERM the child's group and every descendant, wait up to grace_s, then SIGKILL what is left."""
+        report = self.request_stop(handle, grace_s).wait()
+        assert report is not None  # wait() without a timeout returns the report
+        return report
+
+    def request_stop(self, handle: ProcessHandle | None, grace_s: float = 10.0) -> StopTicket:
+        """SIGTERM the whole tree now and return; a daemon thread SIGKILLs what is left after grace_s."""
         started = time.monotonic()
         procs = self.tree(handle)
-        pids = tuple(p.pid for p in procs)
-        if not procs:
-            self._reap(handle.pid)
-            return StopReport(seconds=0.0, killed=False, pids=())
+        ticket = StopTicket(tuple(p.pid for p in procs))
+        if handle is None or not procs:
+            if handle is not None:
+                self._reap(handle.pid)
+            ticket._finish(StopReport(seconds=0.0, killed=False, pids=()))
+            return ticket
         self._signal_all(handle.pid, procs, signal.SIGTERM)
-        alive = self._wait_gone(handle.pid, procs, grace_s)
-        killed = False
-        if alive:
-            killed = True
-            self._signal_all(handle.pid, alive, signal.SIGKILL)
-            self._wait_gone(handle.pid, alive, 5.0)
-        return StopReport(seconds=time.monotonic() - started, killed=killed, pids=pids)
+
+        def escalate() -> None:
+            alive = self._wait_gone(handle.pid, procs, grace_s)
+            if alive:
+                self._signal_all(handle.pid, alive, signal.SIGKILL)
+                self._wait_gone(handle.pid, alive, 5.0)
+            ticket._finish(StopReport(time.monotonic() - started, bool(alive), ticket.pids))
+
+        threading.Thread(target=escalate, name=f"stop-{handle.pid}", daemon=True).start()
+        return ticket
 
     def _signal_all(self, leader: int, procs: list[psutil.Process], sig: signal.Signals) -> None:
         try:

@@ -6,8 +6,8 @@ and its progress file is read on; queued jobs start when their device is free.
 
 from __future__ import annotations
 
-import enum
 import json
+import logging
 import shutil
 import threading
 import time
@@ -21,6 +21,8 @@ import psutil
 
 from webui.services.awq_progress import AwqProgress, progress_from, progress_from_log, read_events
 from webui.services.gpu import GpuProbe
+from webui.services.job_states import LIVE_JOB_STATES, JobFacts, JobState, decide_job
+from webui.services.lifecycle import Monitor, SpawnFailure, handle_of, observe_process, spawn_safely, wait_for_state
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessHandle, ProcessSupervisor
 from webui.services.quantize_spec import (
@@ -37,21 +39,14 @@ from webui.services.quantize_spec import (
 from webui.services.serve_log import tail
 from webui.services.serve_spec import FieldError
 from webui.services.store import JobRecord, Store
-from webui.services.watcher import Watcher, wait_for_state
+
+__all__ = ["JobManager", "JobSnapshot", "JobState", "SubmitOutcome"]
+
+log = logging.getLogger(__name__)
 
 TICK_S = 0.1
 HUB_RECHECK_S = 60.0
-
-
-class JobState(str, enum.Enum):
-    """A job's life: QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED; LOST if it died unwatched."""
-
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    LOST = "LOST"
+CANCEL_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +115,8 @@ class JobManager:
         self._lock = threading.RLock()
         self._hub_seen: tuple[float, bool] = (-HUB_RECHECK_S, False)
         self._reattach()
-        self._watcher = Watcher("job_monitor", self._tick, TICK_S, store)
+        self._monitor: Monitor[JobRecord] = Monitor(
+            "job_monitor", self._live_jobs, self._check, lambda r: r.id, TICK_S, store, after=self._schedule)
 
     # queries -------------------------------------------------------------------------------------
     def check(self, spec: AwqSpec) -> CheckedAwq | list[FieldError]:
@@ -165,7 +161,7 @@ class JobManager:
         return str(target)
 
     def submit(self, spec: AwqSpec) -> SubmitOutcome:
-        """Pre-flight, then queue. The job starts as soon as its device is free."""
+        """Pre-flight, queue, and start it at once when its device is free; never waits on a process."""
         with self._lock:
             checked = self.check(spec)
             if isinstance(checked, list):
@@ -192,40 +188,36 @@ class JobManager:
                 command=cli_preview(checked) or "",
             ))
             self._store.add_event(job_id, "queued", checked.spec.model_path)
-        self._watcher.wake()
-        deadline = time.monotonic() + 2.0  # let the scheduler pick it up, so the answer shows RUNNING
-        while time.monotonic() < deadline and self._store.get_job(job_id).state == JobState.QUEUED:
-            if self._queue(self._store.list_jobs()).get(job_id, 0) > 1:
-                break
-            time.sleep(0.02)
+            self._schedule()
         return SubmitOutcome(self.get(job_id))
 
     def cancel(self, job_id: str) -> JobSnapshot:
-        """Dequeue, or stop the whole process tree and remove the half-written output."""
-        record = self._store.get_job(job_id)
-        if record is None:
-            raise KeyError(job_id)
+        """Dequeue, or signal the whole process tree and return (CANCELLING); the monitor settles it.
+
+        A job ends SUCCEEDED with its output (it finished before the cancel reached it) or CANCELLED with no
+        output and no half-written folder: never both.
+        """
         with self._lock:
             record = self._store.get_job(job_id)
+            if record is None:
+                raise KeyError(job_id)
             if record.state == JobState.QUEUED:
                 self._finish(record, JobState.CANCELLED, error="")
             elif record.state == JobState.RUNNING:
-                self._store.update_job(job_id, state=JobState.CANCELLED, ended_at=time.time())
-                handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
-                self._supervisor.stop(handle, grace_s=5.0)
-                self._remove_partial(record)
-                self._store.update_job(job_id, exit_code=self._supervisor.exit_code(handle))
-                self._store.add_event(job_id, "cancelled")
-        self._watcher.wake()
+                self._store.update_job(job_id, state=JobState.CANCELLING)
+                self._store.add_event(job_id, "cancelling")
+                self._supervisor.request_stop(self._handle(record), grace_s=CANCEL_GRACE_S)
+        self._monitor.wake()
         snap = self.get(job_id)
         assert snap is not None
         return snap
 
     def shutdown(self) -> None:
         """Console exit: running jobs keep running and are re-attached next start (they can take hours)."""
-        self._watcher.stop()
+        self._monitor.stop()
 
     def wait_for(self, job_id: str, states: set[str], timeout_s: float) -> JobSnapshot:
+        """Block until the job reaches one of `states` (for scripts, benchmarks and tests, never the UI)."""
         def current() -> JobSnapshot:
             snap = self.get(job_id)
             if snap is None:
@@ -246,8 +238,7 @@ class JobManager:
         return kept
 
     def _claimed_outputs(self) -> frozenset[str]:
-        return frozenset(r.output_dir for r in self._store.list_jobs()
-                         if r.state in (JobState.QUEUED, JobState.RUNNING))
+        return frozenset(r.output_dir for r in self._store.list_jobs() if JobState(r.state) in LIVE_JOB_STATES)
 
     def _queue(self, records: list[JobRecord]) -> dict[str, int]:
         """Queue position per queued job (1 = next), in submission order per device."""
@@ -259,45 +250,80 @@ class JobManager:
                 positions[r.id] = per_resource[r.resource]
         return positions
 
-    def _reattach(self) -> None:
-        for record in self._store.list_jobs():
-            if record.state != JobState.RUNNING:
-                continue
-            handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
-            if record.pid is not None and self._supervisor.is_alive(handle):
-                self._store.add_event(record.id, "reattached", f"pid {record.pid}")
-            else:
-                self._settle_dead(record, lost=True)
+    def _live_jobs(self) -> list[JobRecord]:
+        return [r for r in self._store.list_jobs() if r.state in (JobState.RUNNING, JobState.CANCELLING)]
 
-    def _tick(self) -> None:
+    def _handle(self, record: JobRecord) -> ProcessHandle | None:
+        return handle_of(record.pid, record.create_time, record.log_path)
+
+    def _reattach(self) -> None:
+        """On console start: running jobs are watched again; a job that died unwatched is settled (LOST)."""
+        for record in self._live_jobs():
+            if self._supervisor.is_alive(self._handle(record)):
+                self._store.add_event(record.id, "reattached", f"pid {record.pid}")
+                if record.state == JobState.CANCELLING:  # the last console did not see its cancel through
+                    self._supervisor.request_stop(self._handle(record), grace_s=CANCEL_GRACE_S)
+            else:
+                self._check(record, watched=False)
+
+    def _check(self, record: JobRecord, watched: bool = True) -> None:
+        """Observe one running job and apply `decide_job`; the monitor calls this for each job in its own try."""
+        handle = self._handle(record)
+        facts = observe_process(self._supervisor, handle)
+        if facts.alive:
+            self._sample_memory(record, handle)
+            return
+        events = read_events(record.progress_path)
+        finished = any(e.get("phase") == "done" for e in events) and (Path(record.output_dir) / "config.json").is_file()
+        errors = [str(e.get("message", "")) for e in events if e.get("phase") == "error"]
+        transition = decide_job(JobState(record.state), JobFacts(alive=False, finished=finished,
+                                                                  error=errors[-1] if errors else "", watched=watched))
+        if transition is None:
+            return
+        with self._lock:
+            current = self._store.get_job(record.id)
+            if current is None or current.state != record.state:
+                return
+            if transition.remove_output:
+                self._remove_output(record)
+            if transition.to == JobState.SUCCEEDED:
+                self._finish(record, JobState.SUCCEEDED, error="", exit_code=facts.exit_code,
+                             result=self._result(record, events))
+            elif transition.to == JobState.CANCELLED:
+                self._finish(record, JobState.CANCELLED, error="", exit_code=facts.exit_code)
+            else:
+                error = errors[-1] if errors else "\n".join(tail(record.log_path, max_lines=8))
+                self._finish(record, transition.to, error=error, exit_code=facts.exit_code)
+            self._supervisor.forget(handle)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Start the oldest queued job of every free device; deterministic, and quick (a spawn, no waiting)."""
         with self._lock:
             records = self._store.list_jobs()
-            busy = set()
-            for record in records:
-                if record.state != JobState.RUNNING:
-                    continue
-                handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
-                if self._supervisor.is_alive(handle):
-                    busy.add(record.resource)
-                    self._sample_memory(record, handle)
-                else:
-                    self._settle_dead(record, lost=False)
+            busy = {r.resource for r in records if JobState(r.state) in (JobState.RUNNING, JobState.CANCELLING)}
             for record in sorted(records, key=lambda r: r.created_at):
                 if record.state == JobState.QUEUED and record.resource not in busy:
-                    busy.add(record.resource)
-                    self._start(record)
+                    if self._start(record):
+                        busy.add(record.resource)
 
-    def _start(self, record: JobRecord) -> None:
+    def _start(self, record: JobRecord) -> bool:
+        """Spawn a queued job's worker; a spawn that fails marks the job FAILED (the next one may start)."""
         output = Path(record.output_dir)
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
             self._finish(record, JobState.FAILED, error=f"output folder {output} was filled while the job waited")
-            return
-        handle = self._supervisor.spawn(self._job_argv(Path(record.job_file)), Path(record.log_path))
+            return False
+        handle = spawn_safely(self._supervisor, self._job_argv(Path(record.job_file)), Path(record.log_path))
+        if isinstance(handle, SpawnFailure):
+            self._finish(record, JobState.FAILED,
+                         error=f"could not start {handle.program}: {handle.reason} ({handle.errno or 'no errno'})")
+            return False
         self._store.update_job(record.id, state=JobState.RUNNING, pid=handle.pid, create_time=handle.create_time,
                                started_at=time.time())
         self._store.add_event(record.id, "started", f"pid {handle.pid}")
+        return True
 
-    def _sample_memory(self, record: JobRecord, handle: ProcessHandle) -> None:
+    def _sample_memory(self, record: JobRecord, handle: ProcessHandle | None) -> None:
         procs = self._supervisor.tree(handle)
         ram = 0
         for proc in procs:
@@ -310,32 +336,21 @@ class JobManager:
             self._store.update_job(record.id, peak_ram_bytes=max(ram, record.peak_ram_bytes),
                                    peak_gpu_bytes=max(gpu, record.peak_gpu_bytes))
 
-    def _settle_dead(self, record: JobRecord, lost: bool) -> None:
-        """The child has exited: decide from its progress file and output what happened."""
-        handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
-        code = self._supervisor.exit_code(handle)
-        events = read_events(record.progress_path)
-        done = any(e.get("phase") == "done" for e in events)
-        output = Path(record.output_dir)
-        if done and (output / "config.json").is_file():
-            self._finish(record, JobState.SUCCEEDED, error="", exit_code=code, result=self._result(record, events))
-            return
-        errors = [str(e.get("message", "")) for e in events if e.get("phase") == "error"]
-        error = errors[-1] if errors else "\n".join(tail(record.log_path, max_lines=8))
-        self._remove_partial(record)
-        state = JobState.LOST if lost and not errors else JobState.FAILED
-        self._finish(record, state, error=error, exit_code=code)
-
     def _finish(self, record: JobRecord, state: JobState, error: str, exit_code: int | None = None,
                 result: dict[str, Any] | None = None) -> None:
         self._store.update_job(record.id, state=state, ended_at=time.time(), error=error[-4000:],
                                exit_code=exit_code, result_json=json.dumps(result) if result else "")
         self._store.add_event(record.id, state.value.lower(), error[:300])
 
-    def _remove_partial(self, record: JobRecord) -> None:
+    def _remove_output(self, record: JobRecord) -> None:
+        """Remove what an unfinished job wrote: its `.partial` folder, and its output if the rename happened
+        without the job reporting done (the pre-flight only ever allowed a new or empty output folder)."""
         partial = Path(record.output_dir + ".partial")
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
+        output = Path(record.output_dir)
+        if output.is_dir() and not output.is_symlink() and any(output.iterdir()):
+            shutil.rmtree(output, ignore_errors=True)
 
     def _result(self, record: JobRecord, events: list[dict[str, Any]]) -> dict[str, Any]:
         job = json.loads(Path(record.job_file).read_text())
@@ -363,7 +378,7 @@ class JobManager:
     def _snapshot(self, record: JobRecord, queue: dict[str, int]) -> JobSnapshot:
         spec = AwqSpec.from_json_dict(record.spec)
         layers = record.layers
-        if record.state in (JobState.QUEUED, JobState.RUNNING):
+        if JobState(record.state) in LIVE_JOB_STATES:
             events = read_events(record.progress_path)
             progress = (progress_from(layers, spec.data_free, events) if events
                         else progress_from_log(layers, spec.data_free, tail(record.log_path, 2000)))
@@ -373,7 +388,7 @@ class JobManager:
         end = record.ended_at or time.time()
         elapsed = end - record.started_at if record.started_at else None
         eta = None
-        if record.state == JobState.RUNNING and elapsed and progress.fraction > 0.02:
+        if record.state in (JobState.RUNNING, JobState.CANCELLING) and elapsed and progress.fraction > 0.02:
             eta = max(0.0, elapsed / progress.fraction - elapsed)
         calib = "data-free" if spec.data_free else (
             spec.calib_dataset if spec.calib_source == "hub" else spec.calib_source)

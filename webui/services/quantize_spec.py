@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shlex
 import shutil
 import socket
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from webui.services.models import ModelInfo, ModelRoots, PathProblem, read_model_info
-from webui.services.serve_spec import FieldError
+from webui.services.serve_spec import MAX_NAME_CHARS, MAX_PATH_CHARS, FieldError, too_long
 
 HUB_DATASETS = {  # LMDeploy 0.18 --calib-dataset name -> the Hugging Face dataset it loads
     "wikitext2": "wikitext",
@@ -240,7 +242,11 @@ def check_awq(
     claimed_outputs: frozenset[str] = frozenset(),
 ) -> CheckedAwq | list[FieldError]:
     """Every reason the job cannot run, or the checked job. Nothing is spawned and nothing is written here."""
-    errors: list[FieldError] = []
+    errors = too_long(("model_path", spec.model_path, MAX_PATH_CHARS), ("output_dir", spec.output_dir, MAX_PATH_CHARS),
+                      ("calib_files", "\n".join(spec.calib_files), MAX_PATH_CHARS * 8),
+                      ("text_field", spec.text_field, MAX_NAME_CHARS))
+    if errors:
+        return errors  # nothing else is worth reading in a value of that size
     resolved = roots.resolve(spec.model_path)
     if isinstance(resolved, PathProblem):
         return [FieldError("model_path", resolved.key, resolved.params)]
@@ -315,7 +321,9 @@ def check_awq(
                 except ValueError as exc:
                     errors.append(FieldError("calib_files", "errors.calib_file_bad", {"error": str(exc)}))
         sizes_ok = not any(e.field in ("calib_samples", "calib_seqlen") for e in errors)
-        if text and sizes_ok:
+        if spec.calib_source == "files" and not errors and not text.strip():
+            errors.append(FieldError("calib_files", "errors.calib_empty", {}))
+        elif text and sizes_ok:
             calib_tokens, _exact = count_tokens(resolved, text)
             need = spec.calib_samples * spec.calib_seqlen
             if calib_tokens < need:
@@ -340,6 +348,8 @@ def check_awq(
         elif output.exists() and (not output.is_dir() or any(output.iterdir())):
             errors.append(FieldError("output_dir", "errors.output_exists",
                                      {"path": str(output), "suggestion": suggestion}))
+        elif (unwritable := output_unwritable(output)) is not None:
+            errors.append(unwritable)
     if errors:
         return errors
     assert isinstance(output, Path)
@@ -353,6 +363,24 @@ def check_awq(
     layers = int(config.get("num_hidden_layers") or 0)
     return CheckedAwq(spec=replace(spec, output_dir=str(output)), model_dir=resolved, output_dir=output,
                       info=info, layers=layers, estimates=est)
+
+
+def output_unwritable(output: Path) -> FieldError | None:
+    """Why the output folder cannot be created there, found by trying (a regular file in the way, a read-only
+    file system, an immutable or foreign folder); None when a folder can be made beside it."""
+    parent = output
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return FieldError("output_dir", "errors.output_blocked_by_file", {"path": str(parent)})
+    try:
+        probe = tempfile.mkdtemp(prefix=".console-write-check-", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        return FieldError("output_dir", "errors.output_unwritable", {
+            "path": str(parent), "reason": exc.strerror or str(exc),
+            "errno": errno.errorcode.get(exc.errno or 0, "")})
+    return None
 
 
 def _output_dir(spec: AwqSpec, model_dir: Path, output_root: Path, claimed: frozenset[str]) -> Path | FieldError:

@@ -7,9 +7,9 @@ the UI only reads snapshots, so a reload (or a console restart) shows the truth.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import http.client
 import json
+import logging
 import re
 import threading
 import time
@@ -17,11 +17,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from webui.services.gpu import GpuProbe
+from webui.services.lifecycle import Monitor, SpawnFailure, handle_of, observe_process, spawn_safely, wait_for_state
 from webui.services.models import ModelRoots
-from webui.services.processes import ProcessHandle, ProcessSupervisor
+from webui.services.processes import ProcessSupervisor, StopTicket
+from webui.services.secrets import SecretStore
 from webui.services.serve_log import PHASES, Hint, find_hint, read_startup, tail
 from webui.services.serve_spec import (
     CheckedSpec,
@@ -32,34 +35,28 @@ from webui.services.serve_spec import (
     command_preview,
     suggest_port,
 )
+from webui.services.server_states import LIVE_STATES, ServerFacts, ServerState, decide_server
 from webui.services.store import ServerRecord, Store
-from webui.services.watcher import Watcher, wait_for_state
+
+__all__ = ["LIVE_STATES", "ServerManager", "ServerSnapshot", "ServerState", "StartOutcome", "normalize_base_url"]
+
+log = logging.getLogger(__name__)
 
 ACTIVE_PREF = "serve.active_server"
 HOSTNAME = re.compile(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:]+")
 HEALTH_POLL_S = 0.1
 READY_RECHECK_S = 2.0
 ATTACHED_RECHECK_S = 2.0
-
-
-class ServerState(str, enum.Enum):
-    """Where a server is in its life; ATTACHED servers (not started here) are only READY or UNREACHABLE."""
-
-    STARTING = "STARTING"
-    READY = "READY"
-    UNREACHABLE = "UNREACHABLE"
-    STOPPING = "STOPPING"
-    STOPPED = "STOPPED"
-    FAILED = "FAILED"
-    LOST = "LOST"
-
-
-LIVE_STATES = frozenset({ServerState.STARTING, ServerState.READY, ServerState.UNREACHABLE, ServerState.STOPPING})
+RELEASE_MARGIN_BYTES = 256 << 20  # "back where it was" for a GPU: within 256 MiB of the reading before start
+RELEASE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
 class ServerSnapshot:
-    """Read model of one server for the UI and the scripting API (API keys never included)."""
+    """Read model of one server for the UI and the scripting API (API keys never included).
+
+    `detail` is a catalog key (or "") and `detail_params` its values: the UI words them in the page's language.
+    """
 
     id: str
     owned: bool
@@ -85,6 +82,7 @@ class ServerSnapshot:
     hint: str
     hint_line: str
     detail: str
+    detail_params: dict[str, str]
     active: bool
     pid: int | None
     command: str
@@ -103,11 +101,48 @@ class StartOutcome:
     errors: tuple[FieldError, ...] = ()
 
 
+@dataclass
+class _Stopping:
+    """A stop under way: the ticket, when it was asked for, and what to start after it (a restart)."""
+
+    ticket: StopTicket
+    requested_at: float
+    then_start: CheckedSpec | None = None
+
+
+@dataclass
+class _ReleaseWatch:
+    """After a stop: the pids and GPUs to watch until NVML shows the memory back."""
+
+    pids: frozenset[int]
+    baseline: dict[int, int]  # GPU index -> bytes used before the server started
+    since: float
+
+
 ArgvFactory = Callable[[CheckedSpec], list[str]]
 
 
+def _detail(key: str, **params: object) -> str:
+    """A detail is stored as a catalog key and its values, never as an English sentence."""
+    return json.dumps({"key": key, "params": {k: str(v) for k, v in params.items()}})
+
+
+def _read_detail(raw: str) -> tuple[str, dict[str, str]]:
+    if not raw:
+        return "", {}
+    try:
+        data = json.loads(raw)
+        return str(data["key"]), {str(k): str(v) for k, v in dict(data.get("params") or {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "serve.detail.text", {"text": raw[:500]}  # rows written before details were keys
+
+
 class ServerManager:
-    """Owns every api_server of this console; app-scoped (one GPU box), shared by all browser sessions."""
+    """Owns every api_server of this console; app-scoped (one GPU box), shared by all browser sessions.
+
+    No public method waits on a process: start spawns and returns, stop and restart signal and return, and
+    the monitor thread turns what it observes into state changes through `decide_server`.
+    """
 
     def __init__(
         self,
@@ -117,6 +152,7 @@ class ServerManager:
         gpu: GpuProbe,
         log_dir: Path,
         python: str,
+        secrets: SecretStore,
         argv_factory: ArgvFactory | None = None,
         stop_grace_s: float = 5.0,
     ) -> None:
@@ -126,12 +162,20 @@ class ServerManager:
         self._gpu = gpu
         self._log_dir = log_dir
         self._python = python
+        self._secrets = secrets
         self._argv_factory = argv_factory or (lambda checked: build_argv(checked, python))
         self._stop_grace_s = stop_grace_s
         self._lock = threading.RLock()
         self._last_check: dict[str, float] = {}
+        self._stopping: dict[str, _Stopping] = {}
+        self._baselines: dict[str, dict[int, int]] = {}
+        self._releases: dict[str, _ReleaseWatch] = {}
+        self._move_keys_out_of_the_database()
         self._reattach()
-        self._watcher = Watcher("server_monitor", self._tick, HEALTH_POLL_S, store)
+        self._monitor: Monitor[ServerRecord] = Monitor(
+            "server_monitor", self._store.list_servers, self._check, lambda r: r.id, HEALTH_POLL_S, store,
+            after=self._check_releases,
+        )
 
     # queries -------------------------------------------------------------------------------------
     def gpu_count(self) -> int | None:
@@ -144,7 +188,10 @@ class ServerManager:
         return suggest_port(taken=self._claimed_ports())
 
     def check(self, spec: ServerSpec, exclude: str | None = None) -> CheckedSpec | list[FieldError]:
-        return check_spec(spec, self._roots, self.gpu_count(), self._claimed_ports(exclude))
+        own_port = None
+        if exclude is not None and (record := self._store.get_server(exclude)) is not None:
+            own_port = int(record.spec.get("port", 0))
+        return check_spec(spec, self._roots, self.gpu_count(), self._claimed_ports(exclude), own_port=own_port)
 
     def preview(self, spec: ServerSpec) -> str:
         resolved = self._roots.resolve(spec.model_path)
@@ -164,9 +211,9 @@ class ServerManager:
 
     def api_key(self, server_id: str) -> str:
         """The first API key of a server, for clients of this console only (never in a snapshot or a log)."""
-        record = self._require(server_id)
-        keys = record.spec.get("api_keys") or []
-        return str(keys[0]) if keys else ""
+        self._require(server_id)
+        keys = self._keys(server_id)
+        return keys[0] if keys else ""
 
     def log(self, server_id: str, max_lines: int = 200) -> list[str]:
         record = self._store.get_server(server_id)
@@ -176,86 +223,85 @@ class ServerManager:
 
     # actions -------------------------------------------------------------------------------------
     def start(self, spec: ServerSpec) -> StartOutcome:
-        """Check, then spawn. Field errors come back with nothing spawned."""
+        """Check, then spawn. Field errors come back with nothing spawned or stored."""
         with self._lock:
             checked = self.check(spec)
             if isinstance(checked, list):
                 return StartOutcome(None, tuple(checked))
             server_id = uuid.uuid4().hex[:8]
-            now = time.time()
             record = ServerRecord(
                 id=server_id,
                 owned=True,
-                spec_json=json.dumps(spec.to_json_dict()),
+                spec_json=self._spec_json(server_id, spec),
                 state=ServerState.STARTING.value,
                 base_url=spec.base_url,
-                created_at=now,
+                created_at=time.time(),
                 phase=PHASES[0].key,
             )
             self._store.insert_server(record)
             self._spawn(server_id, checked)
             if not self._store.get_pref(ACTIVE_PREF):
                 self._store.set_pref(ACTIVE_PREF, server_id)
-        self._watcher.wake()
+        self._monitor.wake()
         return StartOutcome(self.get(server_id))
 
     def restart(self, server_id: str, tool_call_parser: str | None = None) -> StartOutcome:
-        """Stop if running, then start the same spec under the same id (its history stays in events).
+        """Start the same spec again under the same id (its history stays in events); returns at once.
 
+        A running server is signalled to stop and the new one starts when the old one is gone.
         `tool_call_parser` changes that one option on the way (the Tools tab's "restart with a parser").
         """
         record = self._require(server_id)
         if not record.owned:
             raise ValueError("an attached server is observed, not owned: it cannot be restarted here")
-        spec = ServerSpec.from_json_dict(record.spec)
+        spec = self._spec_of(record)
         if tool_call_parser is not None:
             spec = dataclasses.replace(spec, tool_call_parser=tool_call_parser)
-        self.stop(server_id)
         with self._lock:
             checked = self.check(spec, exclude=server_id)
             if isinstance(checked, list):
                 return StartOutcome(self.get(server_id), tuple(checked))
-            if spec.to_json_dict() != record.spec:
-                self._store.update_server(server_id, spec_json=json.dumps(spec.to_json_dict()))
+            if spec.tool_call_parser != str(record.spec.get("tool_call_parser", "")):
+                self._store.update_server(server_id, spec_json=self._spec_json(server_id, spec))
                 self._store.add_event(server_id, "spec_changed", f"tool_call_parser={spec.tool_call_parser}")
-            self._spawn(server_id, checked)
-        self._watcher.wake()
+            record = self._require(server_id)
+            if server_id in self._stopping:
+                self._stopping[server_id].then_start = checked
+            elif ServerState(record.state) in LIVE_STATES and self._supervisor.is_alive(self._handle(record)):
+                self._request_stop(record, then_start=checked)
+            else:
+                self._spawn(server_id, checked)
+        self._monitor.wake()
         return StartOutcome(self.get(server_id))
 
     def stop(self, server_id: str) -> ServerSnapshot:
-        """Stop the whole process tree; wait until its GPU memory is released where NVML can see it."""
-        record = self._require(server_id)
-        if not record.owned:
-            self._store.update_server(server_id, state=ServerState.STOPPED.value, ended_at=time.time())
-            self._store.add_event(server_id, "detached")
-            return self._require_snapshot(server_id)
-        if ServerState(record.state) not in LIVE_STATES or record.pid is None:
-            return self._require_snapshot(server_id)
-        handle = ProcessHandle(record.pid, record.create_time or 0.0, record.log_path)
+        """Signal the whole process tree and return (STOPPING); the monitor marks it STOPPED when it is gone,
+        and records "memory_released" once fresh NVML reads show its GPU memory back."""
         with self._lock:
-            self._store.update_server(server_id, state=ServerState.STOPPING.value)
-        tree_pids = {p.pid for p in self._supervisor.tree(handle)}
-        report = self._supervisor.stop(handle, grace_s=self._stop_grace_s)
-        released_s = self._wait_memory_released(tree_pids | set(report.pids))
-        detail = f"stopped in {report.seconds:.2f} s" + (" (killed)" if report.killed else "")
-        if released_s is not None:
-            detail += f"; GPU memory released after {released_s:.2f} s"
-        with self._lock:
-            self._store.update_server(
-                server_id,
-                state=ServerState.STOPPED.value,
-                ended_at=time.time(),
-                exit_code=self._supervisor.exit_code(handle),
-                detail=detail,
-            )
-            self._store.add_event(server_id, "stopped", detail)
+            record = self._require(server_id)
+            state = ServerState(record.state)
+            if not record.owned:
+                if state != ServerState.STOPPED:
+                    self._store.update_server(server_id, state=ServerState.STOPPED.value, ended_at=time.time())
+                    self._store.add_event(server_id, "detached")
+            elif state in LIVE_STATES and state != ServerState.STOPPING:
+                facts = observe_process(self._supervisor, self._handle(record))
+                if facts.alive:
+                    self._request_stop(record)
+                else:  # nothing to signal (it died a moment ago, or never started): say how it ended
+                    self._settle(record, ServerFacts(alive=False), facts.exit_code)
+            elif state == ServerState.STOPPING and server_id in self._stopping:
+                self._stopping[server_id].then_start = None  # a stop during a restart cancels the restart
+        self._monitor.wake()
         return self._require_snapshot(server_id)
 
     def attach(self, base_url: str, api_key: str = "") -> ServerSnapshot:
         """Observe an api_server started elsewhere; it is polled, never signalled."""
         url = normalize_base_url(base_url)
         server_id = uuid.uuid4().hex[:8]
-        spec = ServerSpec(model_path="", port=urlsplit(url).port or 80, api_keys=(api_key,) if api_key else ())
+        spec = ServerSpec(model_path="", port=urlsplit(url).port or 80)
+        if api_key:
+            self._secrets.set(_key_name(server_id), [api_key])
         record = ServerRecord(
             id=server_id,
             owned=False,
@@ -267,7 +313,7 @@ class ServerManager:
         )
         self._store.insert_server(record)
         self._store.add_event(server_id, "attached", url)
-        self._check_attached(record)
+        self._check(record)
         if not self._store.get_pref(ACTIVE_PREF):
             self._store.set_pref(ACTIVE_PREF, server_id)
         return self._require_snapshot(server_id)
@@ -278,51 +324,83 @@ class ServerManager:
         return self._require_snapshot(server_id)
 
     def forget(self, server_id: str) -> None:
-        """Remove a server that is no longer running from the list."""
-        record = self._require(server_id)
-        if record.owned and ServerState(record.state) in LIVE_STATES:
-            raise ValueError("stop the server before removing it")
-        self._store.delete_server(server_id)
-        if self._store.get_pref(ACTIVE_PREF) == server_id:
-            self._store.set_pref(ACTIVE_PREF, "")
+        """Remove a server that is no longer running from the list (and its keys from the secrets file)."""
+        with self._lock:
+            record = self._require(server_id)
+            if record.owned and ServerState(record.state) in LIVE_STATES:
+                raise ValueError("stop the server before removing it")
+            self._store.delete_server(server_id)
+            self._secrets.delete(_key_name(server_id))
+            if self._store.get_pref(ACTIVE_PREF) == server_id:
+                self._store.set_pref(ACTIVE_PREF, "")
 
     def shutdown(self, keep_running: bool = False) -> None:
-        """Console exit: stop owned servers unless asked to keep them; they are re-attached next start."""
-        self._watcher.stop()
-        if keep_running:
-            return
-        for record in self._store.list_servers():
-            if record.owned and not record.keep_running and ServerState(record.state) in LIVE_STATES:
-                self.stop(record.id)
+        """Console exit: stop owned servers unless asked to keep them, all at once, and wait for them."""
+        self._monitor.stop()
+        if not keep_running:
+            with self._lock:
+                for record in self._store.list_servers():
+                    if (record.owned and not record.keep_running and ServerState(record.state) in LIVE_STATES
+                            and record.id not in self._stopping):
+                        self._request_stop(record)
+            for stopping in list(self._stopping.values()):
+                stopping.then_start = None
+            for stopping in list(self._stopping.values()):
+                stopping.ticket.wait(self._stop_grace_s + 6.0)
+            for record in self._store.list_servers():
+                if record.id in self._stopping:
+                    self._check(record)
 
     def wait_for(self, server_id: str, states: set[str], timeout_s: float) -> ServerSnapshot:
-        """Block until the server reaches one of `states` (used by scripts and benchmarks)."""
+        """Block until the server reaches one of `states` (for scripts, benchmarks and tests, never the UI)."""
         return wait_for_state(lambda: self._require_snapshot(server_id), states, timeout_s)
+
+    def wait_for_event(self, server_id: str, kinds: set[str], timeout_s: float) -> str | None:
+        """Block until the server records one of the event kinds; returns the kind (for scripts and tests)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [e.kind for e in self._store.events(server_id) if e.kind in kinds]
+            if found:
+                return found[-1]
+            time.sleep(0.02)
+        return None
 
     # internals -----------------------------------------------------------------------------------
     def _spawn(self, server_id: str, checked: CheckedSpec) -> None:
+        """Spawn the api_server for an existing row; a spawn that fails marks the row FAILED with the reason."""
         log_path = self._log_dir / f"server-{server_id}.log"
-        argv = self._argv_factory(checked)
-        handle = self._supervisor.spawn(argv, log_path)
+        self._baselines[server_id] = {d.index: d.used_bytes for d in self._gpu_devices()}
+        spec = checked.spec
         now = time.time()
+        handle = spawn_safely(self._supervisor, self._argv_factory(checked), log_path)
+        common: dict[str, Any] = {
+            "phase": PHASES[0].key, "log_path": str(log_path), "base_url": spec.base_url,
+            "model_id": spec.model_name or str(checked.model_dir), "started_at": now, "ready_at": None,
+            "exit_code": None, "gpu_blocks": None,
+        }
+        self._store.add_event(server_id, "start", command_preview(spec, str(checked.model_dir)))
+        if isinstance(handle, SpawnFailure):
+            hint = Hint("hints.spawn_failed", f"{handle.program}: {handle.reason} ({handle.errno})")
+            self._store.update_server(
+                server_id, state=ServerState.FAILED.value, pid=None, create_time=None, ended_at=time.time(),
+                hint=_hint_json(hint), detail=_detail("serve.detail.spawn_failed", program=handle.program,
+                                                      reason=handle.reason, errno=handle.errno), **common)
+            self._store.add_event(server_id, "failed", hint.key)
+            return
         self._store.update_server(
-            server_id,
-            state=ServerState.STARTING.value,
-            phase=PHASES[0].key,
-            pid=handle.pid,
-            create_time=handle.create_time,
-            log_path=str(log_path),
-            base_url=checked.spec.base_url,
-            model_id=checked.spec.model_name or str(checked.model_dir),
-            started_at=now,
-            ready_at=None,
-            ended_at=None,
-            exit_code=None,
-            hint="",
-            detail="",
-            gpu_blocks=None,
-        )
-        self._store.add_event(server_id, "start", command_preview(checked.spec, str(checked.model_dir)))
+            server_id, state=ServerState.STARTING.value, pid=handle.pid, create_time=handle.create_time,
+            ended_at=None, hint="", detail="", **common)
+
+    def _request_stop(self, record: ServerRecord, then_start: CheckedSpec | None = None) -> None:
+        """SIGTERM now (the ticket's thread escalates to SIGKILL); called under the lock, returns at once."""
+        handle = self._handle(record)
+        tree = {p.pid for p in self._supervisor.tree(handle)}
+        self._store.update_server(record.id, state=ServerState.STOPPING.value)
+        ticket = self._supervisor.request_stop(handle, grace_s=self._stop_grace_s)
+        self._stopping[record.id] = _Stopping(ticket, time.monotonic(), then_start)
+        if self._gpu.available:
+            self._releases[record.id] = _ReleaseWatch(
+                frozenset(tree | set(ticket.pids)), self._baselines.get(record.id, {}), time.monotonic())
 
     def _claimed_ports(self, exclude: str | None = None) -> set[int]:
         return {
@@ -334,105 +412,171 @@ class ServerManager:
     def _reattach(self) -> None:
         """On console start: live servers it started are watched again; dead ones are marked LOST."""
         for record in self._store.list_servers():
-            state = ServerState(record.state)
-            if not record.owned or state not in LIVE_STATES:
+            if not record.owned or ServerState(record.state) not in LIVE_STATES:
                 continue
-            handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
-            if record.pid is not None and self._supervisor.is_alive(handle):
-                self._store.update_server(record.id, state=ServerState.STARTING.value if state != ServerState.READY
-                                          else ServerState.READY.value)
+            alive = self._supervisor.is_alive(self._handle(record))
+            if alive:
                 self._store.add_event(record.id, "reattached", f"pid {record.pid}")
-            else:
-                self._store.update_server(
-                    record.id, state=ServerState.LOST.value, ended_at=time.time(),
-                    detail="the process was gone when the console started again",
-                )
-                self._store.add_event(record.id, "lost")
+                if ServerState(record.state) == ServerState.STOPPING:  # a stop the last console did not see end
+                    self._request_stop(record)
+                    continue
+            self._check(record, watched=False)
 
-    def _tick(self) -> None:
+    def _check(self, record: ServerRecord, watched: bool = True) -> None:
+        """Observe one server and apply `decide_server`; the monitor calls this for each row in its own try."""
+        state = ServerState(record.state)
+        if state not in LIVE_STATES:
+            return
         now = time.monotonic()
-        for record in self._store.list_servers():
-            state = ServerState(record.state)
-            if state not in LIVE_STATES or state == ServerState.STOPPING:
-                continue
-            if not record.owned:
-                if now - self._last_check.get(record.id, 0.0) >= ATTACHED_RECHECK_S:
-                    self._check_attached(record)
-                continue
-            self._check_owned(record, state, now)
-
-    def _check_owned(self, record: ServerRecord, state: ServerState, now: float) -> None:
-        handle = ProcessHandle(record.pid or -1, record.create_time or 0.0, record.log_path)
-        if not self._supervisor.is_alive(handle):
-            with self._lock:
-                current = self._store.get_server(record.id)
-                if current is None or ServerState(current.state) not in (ServerState.STARTING, ServerState.READY):
-                    return  # a stop is under way or done: not a failure
-                lines = tail(record.log_path, max_lines=400)
-                hint = find_hint(lines)
-                code = self._supervisor.exit_code(handle)
-                self._store.update_server(
-                    record.id,
-                    state=ServerState.FAILED.value,
-                    ended_at=time.time(),
-                    exit_code=code,
-                    hint=_hint_json(hint),
-                    detail="the process exited" + (f" with code {code}" if code is not None else ""),
-                )
-                self._store.add_event(record.id, "failed", hint.key if hint else f"exit {code}")
+        if not record.owned:
+            if state == ServerState.STOPPING or now - self._last_check.get(record.id, -1e9) >= ATTACHED_RECHECK_S:
+                self._last_check[record.id] = now
+                self._apply(record, ServerFacts(alive=True, health=_health(record.base_url)))
+            return
+        facts = observe_process(self._supervisor, self._handle(record))
+        if not facts.alive:
+            self._settle(record, ServerFacts(alive=False, watched=watched), facts.exit_code)
             return
         if state == ServerState.STARTING:
             status = _health(record.base_url)
-            if status == 200:
-                self._mark_ready(record)
-                return
-            reading = read_startup(tail(record.log_path, max_lines=400))
-            if reading.phase != record.phase or reading.gpu_blocks != record.gpu_blocks:
-                self._store.update_server(record.id, phase=reading.phase, gpu_blocks=reading.gpu_blocks)
-        elif now - self._last_check.get(record.id, 0.0) >= READY_RECHECK_S:
+            if status != 200:
+                reading = read_startup(tail(record.log_path, max_lines=400))
+                if reading.phase != record.phase or reading.gpu_blocks != record.gpu_blocks:
+                    self._store.update_server(record.id, phase=reading.phase, gpu_blocks=reading.gpu_blocks)
+            self._apply(record, ServerFacts(alive=True, health=status, watched=watched))
+        elif state == ServerState.READY and now - self._last_check.get(record.id, 0.0) >= READY_RECHECK_S:
             self._last_check[record.id] = now
             status = _health(record.base_url)
-            detail = "" if status == 200 else f"/health answered {status or 'nothing'}"
+            detail = "" if status == 200 else _detail("serve.detail.health", status=status or "-")
             if detail != record.detail:
                 self._store.update_server(record.id, detail=detail)
 
-    def _mark_ready(self, record: ServerRecord) -> None:
-        ready_at = time.time()
-        key = record.spec.get("api_keys") or []
-        model_id = _first_model_id(record.base_url, key[0] if key else "") or record.model_id
+    def _settle(self, record: ServerRecord, facts: ServerFacts, exit_code: int | None = None) -> None:
+        """The process is gone: apply the decision, with the exit code and the hint its log gives."""
+        transition = decide_server(ServerState(record.state), record.owned, facts)
+        if transition is None:
+            return
         with self._lock:
             current = self._store.get_server(record.id)
-            if current is None or current.state != ServerState.STARTING.value:
+            if current is None or current.state != record.state:
+                return  # someone (a stop, a restart) moved it meanwhile
+            stopping = self._stopping.pop(record.id, None)
+            changes: dict[str, Any] = {"state": transition.to.value, "ended_at": time.time(), "exit_code": exit_code}
+            if transition.to == ServerState.STOPPED and stopping is not None:
+                report = stopping.ticket.wait(1.0)  # the process is gone; its ticket finishes within ms
+                seconds = time.monotonic() - stopping.requested_at
+                killed = bool(report and report.killed)
+                changes["detail"] = _detail("serve.detail.stopped_killed" if killed else "serve.detail.stopped",
+                                            seconds=f"{seconds:.2f}")
+                event_detail = f"{seconds:.2f} s" + (" killed" if killed else "")
+            elif transition.to == ServerState.LOST:
+                changes["detail"] = _detail("serve.detail.gone_at_start")
+                event_detail = ""
+            elif transition.to == ServerState.FAILED:
+                hint = find_hint(tail(record.log_path, max_lines=400))
+                changes["hint"] = _hint_json(hint)
+                changes["detail"] = _detail("serve.detail.exited", code="-" if exit_code is None else exit_code)
+                event_detail = hint.key if hint else f"exit {exit_code}"
+            else:
+                event_detail = ""
+            self._supervisor.forget(self._handle(record))
+            if stopping is not None and stopping.then_start is not None:  # a restart: straight to STARTING
+                self._store.add_event(record.id, transition.event, event_detail)
+                self._spawn(record.id, stopping.then_start)
+                self._monitor.wake()
                 return
-            self._store.update_server(
-                record.id, state=ServerState.READY.value, phase="ready", ready_at=ready_at, model_id=model_id
-            )
-            took = ready_at - (record.started_at or ready_at)
-            self._store.add_event(record.id, "ready", f"{took:.1f} s", at=ready_at)
-
-    def _check_attached(self, record: ServerRecord) -> None:
-        self._last_check[record.id] = time.monotonic()
-        status = _health(record.base_url)
-        keys = record.spec.get("api_keys") or []
-        if status == 200:
-            model_id = _first_model_id(record.base_url, keys[0] if keys else "") or record.model_id
-            changes = {"state": ServerState.READY.value, "model_id": model_id, "detail": ""}
-            if record.ready_at is None:
-                changes["ready_at"] = time.time()
-        else:
-            changes = {"state": ServerState.UNREACHABLE.value, "detail": f"/health answered {status or 'nothing'}"}
-        if any(getattr(record, k) != v for k, v in changes.items()):
             self._store.update_server(record.id, **changes)
+            self._store.add_event(record.id, transition.event, event_detail)
 
-    def _wait_memory_released(self, pids: set[int], timeout_s: float = 10.0) -> float | None:
-        if not self._gpu.available or not pids:
-            return None
-        start = time.monotonic()
-        while time.monotonic() - start < timeout_s:
-            if self._gpu.memory_of(pids) == 0:
-                return time.monotonic() - start
-            time.sleep(0.05)
-        return None
+    def _apply(self, record: ServerRecord, facts: ServerFacts) -> None:
+        """A live server's transition (READY, UNREACHABLE…), re-checked under the lock against a racing stop."""
+        transition = decide_server(ServerState(record.state), record.owned, facts)
+        if transition is None:
+            if not record.owned and record.state == ServerState.READY.value and record.detail:
+                self._store.update_server(record.id, detail="")
+            return
+        if transition.to == ServerState.READY:
+            keys = self._keys(record.id)
+            model_id = _first_model_id(record.base_url, keys[0] if keys else "") or record.model_id
+        ready_at = time.time()
+        with self._lock:
+            current = self._store.get_server(record.id)
+            if current is None or current.state != record.state:
+                return
+            changes: dict[str, Any] = {"state": transition.to.value}
+            detail = ""
+            if transition.to == ServerState.READY:
+                changes.update(model_id=model_id, detail="")
+                if record.owned:
+                    changes.update(phase="ready", ready_at=ready_at)
+                    detail = f"{ready_at - (record.started_at or ready_at):.1f} s"
+                elif record.ready_at is None:
+                    changes["ready_at"] = ready_at
+            elif transition.to == ServerState.UNREACHABLE:
+                changes["detail"] = _detail("serve.detail.health", status=facts.health or "-")
+            elif transition.to == ServerState.STOPPED:
+                changes["ended_at"] = ready_at
+            self._store.update_server(record.id, **changes)
+            self._store.add_event(record.id, transition.event, detail, at=ready_at)
+
+    def _check_releases(self) -> None:
+        """After stops: record "memory_released" once fresh NVML reads show none of the server's pids and each
+        GPU it used back within 256 MiB of the reading before it started (never a cached sample)."""
+        if not self._releases:
+            return
+        held = self._gpu.process_memory()
+        devices = {d.index: d.used_bytes for d in self._gpu_devices()}
+        for server_id, watch in list(self._releases.items()):
+            if server_id in self._stopping:
+                continue  # still stopping: its pids may still hold memory
+            still = [p for p in held if p.pid in watch.pids]
+            over = {i: used for i, used in devices.items()
+                    if i in watch.baseline and used > watch.baseline[i] + RELEASE_MARGIN_BYTES}
+            waited = time.monotonic() - watch.since
+            if not still and not over:
+                del self._releases[server_id]
+                self._store.add_event(server_id, "memory_released", f"{waited:.2f} s")
+            elif waited > RELEASE_TIMEOUT_S:
+                del self._releases[server_id]
+                gpus = ", ".join(f"GPU {i}: {used >> 20} MiB (before start {watch.baseline[i] >> 20} MiB)"
+                                 for i, used in sorted(over.items()))
+                pids = ", ".join(str(p.pid) for p in still)
+                self._store.add_event(server_id, "memory_not_released",
+                                      f"{waited:.0f} s; " + (f"pids {pids}; " if pids else "") + gpus)
+
+    def _gpu_devices(self) -> list[Any]:
+        if not self._gpu.available:
+            return []
+        try:
+            return self._gpu.devices()
+        except Exception:  # a GPU that vanished must not stop a server from starting
+            log.exception("reading GPU memory failed")
+            return []
+
+    def _handle(self, record: ServerRecord) -> Any:
+        return handle_of(record.pid, record.create_time, record.log_path)
+
+    def _keys(self, server_id: str) -> list[str]:
+        return [str(k) for k in self._secrets.get(_key_name(server_id)) or []]
+
+    def _spec_json(self, server_id: str, spec: ServerSpec) -> str:
+        """The spec as stored: its API keys go to the secrets file, never into the database."""
+        if spec.api_keys:
+            self._secrets.set(_key_name(server_id), list(spec.api_keys))
+        elif not self._keys(server_id):
+            self._secrets.delete(_key_name(server_id))
+        return json.dumps(dataclasses.replace(spec, api_keys=()).to_json_dict())
+
+    def _spec_of(self, record: ServerRecord) -> ServerSpec:
+        return dataclasses.replace(ServerSpec.from_json_dict(record.spec), api_keys=tuple(self._keys(record.id)))
+
+    def _move_keys_out_of_the_database(self) -> None:
+        """Rows written by earlier versions kept API keys in spec_json: move them to the secrets file."""
+        for record in self._store.list_servers():
+            keys = record.spec.get("api_keys") or []
+            if keys:
+                self._secrets.set(_key_name(record.id), [str(k) for k in keys])
+                self._store.update_server(record.id, spec_json=json.dumps({**record.spec, "api_keys": []}))
 
     def _require(self, server_id: str) -> ServerRecord:
         record = self._store.get_server(server_id)
@@ -454,6 +598,7 @@ class ServerManager:
         )
         end = record.ended_at if state not in LIVE_STATES else time.time()
         hint = json.loads(record.hint) if record.hint else {}
+        detail, detail_params = _read_detail(record.detail)
         return ServerSnapshot(
             id=record.id,
             owned=record.owned,
@@ -478,13 +623,19 @@ class ServerManager:
             exit_code=record.exit_code,
             hint=hint.get("key", ""),
             hint_line=hint.get("line", ""),
-            detail=record.detail,
+            detail=detail,
+            detail_params=detail_params,
             active=record.id == active_id,
             pid=record.pid,
-            command=command_preview(spec) if record.owned else "",
+            command=command_preview(dataclasses.replace(spec, api_keys=("<API_KEY>",) if self._keys(record.id)
+                                                        else ())) if record.owned else "",
             gpu_blocks=record.gpu_blocks,
-            has_api_key=bool(spec.api_keys),
+            has_api_key=bool(self._keys(record.id)),
         )
+
+
+def _key_name(server_id: str) -> str:
+    return f"server/{server_id}/api_keys"
 
 
 def normalize_base_url(raw: str) -> str:

@@ -24,6 +24,45 @@ DEFAULT_PORT = 23333
 MAX_SESSION_LEN = 10_000_000
 MAX_BATCH_SIZE = 65_536
 MAX_TP = 64
+# Architectures LMDeploy 0.18.0 serves: the PyTorch engine's MODULE_MAP (lmdeploy/pytorch/models/module_map.py)
+# and TurboMind's SUPPORTED_ARCHS (lmdeploy/turbomind/supported_models.py). With --backend turbomind, LMDeploy
+# falls back to the PyTorch engine for a model TurboMind lacks, so only a model neither knows is refused.
+PYTORCH_ARCHITECTURES = frozenset({
+    "ChatGLMForConditionalGeneration", "CogVLMForCausalLM", "DFlashDraftModel", "DeepseekForCausalLM",
+    "DeepseekMTPModel", "DeepseekV2ForCausalLM", "DeepseekV32ForCausalLM", "DeepseekV32MTPModel",
+    "DeepseekV3ForCausalLM", "DeepseekV4ForCausalLM", "DeepseekVLV2ForCausalLM", "Eagle3DeepseekV2ForCausalLM",
+    "Eagle3LlamaForCausalLM", "EagleLlamaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration", "GemmaForCausalLM", "Glm4ForCausalLM", "Glm4MoeForCausalLM",
+    "Glm4MoeLiteForCausalLM", "Glm4MoeMTPModel", "Glm4vForConditionalGeneration", "GlmMoeDsaForCausalLM",
+    "GlmMoeDsaMTPModel", "GptOssForCausalLM", "HYV3ForCausalLM", "HYV3MTP", "InternLM2ForCausalLM",
+    "InternLM2ForRewardModel", "InternLM3ForCausalLM", "InternS1ForConditionalGeneration",
+    "InternS1ProForConditionalGeneration", "InternS1_1_ForConditionalGeneration", "InternS2MobiusForCausalLM",
+    "InternS2MobiusForConditionalGeneration", "InternS2PreviewForCausalLM",
+    "InternS2PreviewForConditionalGeneration", "InternVLChatModel", "InternVLForConditionalGeneration",
+    "KimiK25ForConditionalGeneration", "Kimi_K25ForConditionalGeneration", "Llama4ForConditionalGeneration",
+    "LlamaForCausalLM", "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+    "MetaMoeForConditionalGeneration", "MiniCPM3ForCausalLM", "MiniCPMV", "MistralForCausalLM",
+    "MixtralForCausalLM", "Phi3ForCausalLM", "Phi3VForCausalLM", "PhiMoEForCausalLM", "Qwen2ForCausalLM",
+    "Qwen2ForRewardModel", "Qwen2MoeForCausalLM", "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen3NextForCausalLM",
+    "Qwen3OmniMoeForConditionalGeneration", "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration", "Qwen3_5MTPModel", "Qwen3_5MoeForConditionalGeneration", "SDARForCausalLM",
+    "SDARMoeForCausalLM"
+})
+TURBOMIND_ARCHITECTURES = frozenset({
+    "Glm4MoeLiteForCausalLM", "GptOssForCausalLM", "InternLM2ForCausalLM", "InternLM3ForCausalLM",
+    "InternS1ForConditionalGeneration", "InternS2MobiusForConditionalGeneration",
+    "InternS2PreviewForConditionalGeneration", "InternVLChatModel", "InternVLForConditionalGeneration",
+    "LlamaForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM",
+    "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM", "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration"
+})
+# Lengths past which a value is a mistake (or an attack), refused before anything is stored or spawned:
+# PATH_MAX for paths, and a few kB for the rest, far below the OS's argument-list limit.
+MAX_PATH_CHARS = 4096
+MAX_EXTRA_ARGS_CHARS = 4096
+MAX_NAME_CHARS = 256
+MAX_KEYS_CHARS = 4096
 
 # Flags the form owns: typing them again in "extra arguments" would fight the form.
 FORM_FLAGS = frozenset({
@@ -144,6 +183,12 @@ def split_extra_args(text: str) -> list[str] | FieldError:
     return words
 
 
+def too_long(*fields: tuple[str, str, int]) -> list[FieldError]:
+    """A field error for each (name, value, limit) whose value is longer than its limit."""
+    return [FieldError(name, "errors.too_long", {"length": f"{len(value):,}", "max": f"{limit:,}"})
+            for name, value, limit in fields if len(value or "") > limit]
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on host:port (bind test, so a refused connect is not mistaken for free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -172,12 +217,20 @@ def check_spec(
     roots: ModelRoots,
     gpu_count: int | None,
     ports_claimed: set[int] | None = None,
+    own_port: int | None = None,
 ) -> CheckedSpec | list[FieldError]:
     """Every reason the spec cannot start, or the checked spec. Nothing is spawned here.
 
-    gpu_count is None when NVML is absent (then tp is checked for shape only).
+    gpu_count is None when NVML is absent (then tp is checked for shape only). own_port is the port of the
+    server being restarted: its own process still holds it and gives it back before the new one starts.
     """
-    errors: list[FieldError] = []
+    errors = too_long(
+        ("model_path", spec.model_path, MAX_PATH_CHARS), ("extra_args", spec.extra_args, MAX_EXTRA_ARGS_CHARS),
+        ("model_name", spec.model_name, MAX_NAME_CHARS), ("host", spec.host, MAX_NAME_CHARS),
+        ("api_keys", " ".join(spec.api_keys), MAX_KEYS_CHARS),
+    )
+    if errors:
+        return errors  # nothing else is worth reading in a value of that size
     resolved = roots.resolve(spec.model_path)
     model_dir: Path | None = None
     if isinstance(resolved, PathProblem):
@@ -187,6 +240,14 @@ def check_spec(
         info = read_model_info(resolved)
         if isinstance(info, PathProblem):
             errors.append(FieldError("model_path", info.key, info.params))
+        elif info.architecture and info.architecture not in PYTORCH_ARCHITECTURES | TURBOMIND_ARCHITECTURES:
+            supported = PYTORCH_ARCHITECTURES if spec.backend == "pytorch" else TURBOMIND_ARCHITECTURES
+            errors.append(FieldError("model_path", "errors.serve_architecture", {
+                "arch": info.architecture, "backend": spec.backend, "supported": ", ".join(sorted(supported))}))
+        elif spec.backend == "pytorch" and info.architecture and info.architecture not in PYTORCH_ARCHITECTURES:
+            errors.append(FieldError("model_path", "errors.serve_architecture", {
+                "arch": info.architecture, "backend": spec.backend,
+                "supported": ", ".join(sorted(PYTORCH_ARCHITECTURES))}))
     choices = (
         ("backend", spec.backend, BACKENDS),
         ("model_format", spec.model_format, MODEL_FORMATS),
@@ -216,7 +277,7 @@ def check_spec(
         errors.append(FieldError("port", "errors.port_range", {"value": str(spec.port)}))
     elif spec.port in (ports_claimed or set()):
         errors.append(FieldError("port", "errors.port_claimed", {"port": str(spec.port)}))
-    elif not port_is_free(spec.port, spec.host):
+    elif spec.port != own_port and not port_is_free(spec.port, spec.host):
         errors.append(FieldError("port", "errors.port_in_use", {"port": str(spec.port)}))
     if not is_loopback(spec.host) and not spec.api_keys:
         errors.append(FieldError("host", "errors.server_open_without_key", {"host": spec.host}))

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -131,11 +132,16 @@ def run(job: dict[str, Any], progress: ProgressWriter) -> None:
         dtype=spec.dtype,
         trust_remote_code=spec.trust_remote_code,
     )
-    # The finished model appears under its final name in one step.
-    if output.exists():
-        output.rmdir()  # pre-flight allowed only an empty folder here
-    os.replace(partial, output)
-    progress.emit(phase="done", seconds=round(time.monotonic() - started, 3))
+    # The finished model appears under its final name in one step, and "done" is written with it: a cancel
+    # (SIGTERM) that arrives now waits until both are on disk, so a job never ends with half of them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        if output.exists():
+            output.rmdir()  # pre-flight allowed only an empty folder here
+        os.replace(partial, output)
+        progress.emit(phase="done", seconds=round(time.monotonic() - started, 3))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from webui.services.chat import ChatService
 from webui.services.gpu import GpuProbe, GpuSampler
@@ -33,6 +33,7 @@ class Services:
     chat: ChatService
     tool_loop: ToolLoop
     memory: MemoryService
+    _closed: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, argv_factory: ArgvFactory | None = None,
@@ -61,6 +62,9 @@ class Services:
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""
+        if self._closed:
+            return
+        self._closed = True
         keep = self.settings.keep_servers if keep_servers is None else keep_servers
         self.chat.close()
         self.jobs.shutdown()

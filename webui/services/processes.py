@@ -125,7 +125,15 @@ class ProcessSupervisor:
         proc = self._popen.get(handle.pid) if handle is not None else None
         if proc is None:
             return None
-        return proc.poll()
+        code = proc.poll()
+        if code is None and self.find(handle) is None:
+            # NOTE: poll() answers None while another thread (a stop's escalation) holds Popen's waitpid lock;
+            # the child has ended, so wait() returns as soon as that thread lets go.
+            try:
+                code = proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+        return code
 
     def forget(self, handle: ProcessHandle | None) -> None:
         """Drop the Popen of a child whose end has been recorded (reaped first, so no zombie is left)."""

@@ -282,7 +282,7 @@ class JobManager:
             return
         with self._lock:
             current = self._store.get_job(record.id)
-            if current is None or current.state != record.state:
+            if current is None or (current.state, current.pid) != (record.state, record.pid):
                 return
             if transition.remove_output:
                 self._remove_output(record)

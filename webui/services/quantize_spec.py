@@ -84,6 +84,7 @@ class AwqSpec:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> AwqSpec:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("model_path", "")
         known["calib_files"] = tuple(known.get("calib_files") or ())
         return cls(**known)
 

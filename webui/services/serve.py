@@ -35,7 +35,7 @@ from webui.services.serve_spec import (
     command_preview,
     suggest_port,
 )
-from webui.services.server_states import LIVE_STATES, ServerFacts, ServerState, decide_server
+from webui.services.server_states import LIVE_STATES, ServerFacts, ServerState, decide_server, is_live
 from webui.services.store import ServerRecord, Store
 
 __all__ = ["LIVE_STATES", "ServerManager", "ServerSnapshot", "ServerState", "StartOutcome", "normalize_base_url"]
@@ -198,8 +198,15 @@ class ServerManager:
         return command_preview(spec, str(resolved) if isinstance(resolved, Path) else None)
 
     def list(self) -> list[ServerSnapshot]:
+        """Every server the console knows; a row it cannot read (written by a newer version?) is left out."""
         active = self._store.get_pref(ACTIVE_PREF)
-        return [self._snapshot(r, active) for r in self._store.list_servers()]
+        snapshots = []
+        for record in self._store.list_servers():
+            try:
+                snapshots.append(self._snapshot(record, active))
+            except (ValueError, KeyError, TypeError):
+                log.warning("server row %s cannot be read; it is left out of the list", record.id, exc_info=True)
+        return snapshots
 
     def get(self, server_id: str) -> ServerSnapshot | None:
         record = self._store.get_server(server_id)
@@ -267,7 +274,7 @@ class ServerManager:
             record = self._require(server_id)
             if server_id in self._stopping:
                 self._stopping[server_id].then_start = checked
-            elif ServerState(record.state) in LIVE_STATES and self._supervisor.is_alive(self._handle(record)):
+            elif is_live(record.state) and self._supervisor.is_alive(self._handle(record)):
                 self._request_stop(record, then_start=checked)
             else:
                 self._spawn(server_id, checked)
@@ -327,7 +334,7 @@ class ServerManager:
         """Remove a server that is no longer running from the list (and its keys from the secrets file)."""
         with self._lock:
             record = self._require(server_id)
-            if record.owned and ServerState(record.state) in LIVE_STATES:
+            if record.owned and is_live(record.state):
                 raise ValueError("stop the server before removing it")
             self._store.delete_server(server_id)
             self._secrets.delete(_key_name(server_id))
@@ -340,7 +347,7 @@ class ServerManager:
         if not keep_running:
             with self._lock:
                 for record in self._store.list_servers():
-                    if (record.owned and not record.keep_running and ServerState(record.state) in LIVE_STATES
+                    if (record.owned and not record.keep_running and is_live(record.state)
                             and record.id not in self._stopping):
                         self._request_stop(record)
             for stopping in list(self._stopping.values()):
@@ -406,13 +413,13 @@ class ServerManager:
         return {
             int(r.spec.get("port", 0))
             for r in self._store.list_servers()
-            if r.owned and r.id != exclude and ServerState(r.state) in LIVE_STATES
+            if r.owned and r.id != exclude and is_live(r.state)
         }
 
     def _reattach(self) -> None:
         """On console start: live servers it started are watched again; dead ones are marked LOST."""
         for record in self._store.list_servers():
-            if not record.owned or ServerState(record.state) not in LIVE_STATES:
+            if not record.owned or not is_live(record.state):
                 continue
             alive = self._supervisor.is_alive(self._handle(record))
             if alive:
@@ -458,7 +465,7 @@ class ServerManager:
             return
         with self._lock:
             current = self._store.get_server(record.id)
-            if current is None or current.state != record.state:
+            if current is None or (current.state, current.pid) != (record.state, record.pid):
                 return  # someone (a stop, a restart) moved it meanwhile
             stopping = self._stopping.pop(record.id, None)
             changes: dict[str, Any] = {"state": transition.to.value, "ended_at": time.time(), "exit_code": exit_code}
@@ -501,7 +508,7 @@ class ServerManager:
         ready_at = time.time()
         with self._lock:
             current = self._store.get_server(record.id)
-            if current is None or current.state != record.state:
+            if current is None or (current.state, current.pid) != (record.state, record.pid):
                 return
             changes: dict[str, Any] = {"state": transition.to.value}
             detail = ""

@@ -122,6 +122,7 @@ class ServerSpec:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> ServerSpec:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("model_path", "")
         known["api_keys"] = tuple(known.get("api_keys") or ())
         return cls(**known)
 

@@ -23,6 +23,12 @@ class ServerState(str, enum.Enum):
 
 
 LIVE_STATES = frozenset({ServerState.STARTING, ServerState.READY, ServerState.UNREACHABLE, ServerState.STOPPING})
+_LIVE_VALUES = frozenset(s.value for s in LIVE_STATES)
+
+
+def is_live(state: str) -> bool:
+    """Whether a stored state is a live one; a state this version does not know is not."""
+    return state in _LIVE_VALUES
 
 
 @dataclass(frozen=True)

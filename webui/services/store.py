@@ -97,7 +97,7 @@ class ServerRecord:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return json.loads(self.spec_json)
+        return _json_object(self.spec_json)
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class JobRecord:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return json.loads(self.spec_json)
+        return _json_object(self.spec_json)
 
     @property
     def result(self) -> dict[str, Any]:
@@ -274,6 +274,15 @@ class Store:
                 "INSERT INTO prefs (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A stored JSON object; a damaged one reads as empty, so one bad row never breaks a listing."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _server(data: dict[str, Any]) -> ServerRecord:

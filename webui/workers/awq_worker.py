@@ -132,14 +132,18 @@ def run(job: dict[str, Any], progress: ProgressWriter) -> None:
         dtype=spec.dtype,
         trust_remote_code=spec.trust_remote_code,
     )
-    # The finished model appears under its final name in one step, and "done" is written with it: a cancel
-    # (SIGTERM) that arrives now waits until both are on disk, so a job never ends with half of them.
+    publish(partial, output, progress, seconds=time.monotonic() - started)
+
+
+def publish(partial: Path, output: Path, progress: ProgressWriter, seconds: float) -> None:
+    """Rename the finished model into place and write "done" as one step: a cancel (SIGTERM) that arrives
+    meanwhile waits until both are on disk, so a job never ends with only one of them."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         if output.exists():
             output.rmdir()  # pre-flight allowed only an empty folder here
         os.replace(partial, output)
-        progress.emit(phase="done", seconds=round(time.monotonic() - started, 3))
+        progress.emit(phase="done", seconds=round(seconds, 3))
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 

@@ -21,7 +21,7 @@ SILENT_UNWATCHED = ServerFacts(alive=True, health=None, watched=False)
 HEALTHY_UNWATCHED = ServerFacts(alive=True, health=200, watched=False)
 
 OWNED = {
-    # state:        dead,                    dead unwatched,        healthy,              initializing, silent, silent unwatched, healthy unwatched
+    # columns: dead, dead unwatched, healthy, initializing, silent, silent unwatched, healthy unwatched
     S.STARTING:    ((S.FAILED, "failed"), (S.LOST, "lost"), (S.READY, "ready"), None, None, None, (S.READY, "ready")),
     S.READY:       ((S.FAILED, "failed"), (S.LOST, "lost"), None, None, None, None, None),
     S.UNREACHABLE: ((S.FAILED, "failed"), (S.LOST, "lost"), (S.READY, "ready"), None, None,

@@ -44,7 +44,7 @@ from tests.tiny_model import build_tiny_model  # noqa: E402
 from webui.services.chat import ChatError, SamplingParams  # noqa: E402
 from webui.services.container import Services  # noqa: E402
 from webui.services.gpu import GpuProbe  # noqa: E402
-from webui.services.processes import ProcessHandle  # noqa: E402
+from webui.services.lifecycle import handle_of  # noqa: E402
 from webui.services.serve_spec import ServerSpec, suggest_port  # noqa: E402
 from webui.services.tool_loop import new_run, parse_tool_choice, preset  # noqa: E402
 from webui.settings import Settings  # noqa: E402
@@ -52,6 +52,7 @@ from webui.settings import Settings  # noqa: E402
 MIB = 1024 * 1024
 PLANNER_GOAL_PCT = 5.0
 MEMORY_BACK_GOAL_S = 5.0
+UI_CALL_GOAL_S = 0.2
 READY_LAG_GOAL_S = 0.5
 
 
@@ -72,10 +73,9 @@ class Checks:
 
 def tree_pids(services: Services, server_id: str) -> list[int]:
     record = services.store.get_server(server_id)
-    if record is None or record.pid is None:
+    if record is None:
         return []
-    handle = ProcessHandle(record.pid, record.create_time or 0.0, record.log_path)
-    return [p.pid for p in services.supervisor.tree(handle)]
+    return [p.pid for p in services.supervisor.tree(handle_of(record.pid, record.create_time, record.log_path))]
 
 
 def device_used_mib(services: Services) -> float:
@@ -118,21 +118,28 @@ def start_and_watch(services: Services, spec: ServerSpec, timeout_s: float = 300
 
 
 def stop_and_measure(services: Services, server_id: str, idle_mib: float) -> dict[str, Any]:
-    """Stop; time the call, and the time until NVML shows the device back near its idle use."""
+    """Stop: time the call (it signals and returns), the time until STOPPED, and the "memory_released" event
+    the monitor records; then check that event against a fresh NVML reading of our own."""
     pids = tree_pids(services, server_id)
     before = device_used_mib(services)
     t0 = time.monotonic()
     snap = services.servers.stop(server_id)
     stop_s = time.monotonic() - t0
-    back_s = None
-    while time.monotonic() - t0 < 30:
-        if device_used_mib(services) < idle_mib + 256:
-            back_s = time.monotonic() - t0
-            break
-        time.sleep(0.02)
+    stopped = services.servers.wait_for(server_id, {"STOPPED", "FAILED"}, 30)
+    stopped_s = time.monotonic() - t0
+    kind = services.servers.wait_for_event(server_id, {"memory_released", "memory_not_released"}, 90)
+    event_seen_s = time.monotonic() - t0
+    events = [e for e in services.store.events(server_id) if e.kind == kind]
+    released_s = float(events[-1].detail.split()[0]) if kind == "memory_released" and events else None
+    fresh_device = device_used_mib(services)  # read after the event: it must already be back
+    fresh_pids = [p.pid for p in services.gpu.process_memory() if p.pid in set(pids)]
     gone = not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
-    return {"state": snap.state, "detail": snap.detail, "stop_call_s": stop_s, "memory_back_s": back_s,
-            "tree_gone": gone, "device_used_before_mib": before, "device_used_after_mib": device_used_mib(services)}
+    return {"state_after_call": snap.state, "state": stopped.state, "detail": stopped.detail,
+            "detail_params": stopped.detail_params, "stop_call_s": stop_s, "stopped_s": stopped_s,
+            "event": kind, "memory_back_s": released_s, "event_seen_s": event_seen_s,
+            "event_honest": kind == "memory_released" and fresh_device < idle_mib + 256 and not fresh_pids,
+            "tree_gone": gone, "device_used_before_mib": before, "device_used_after_mib": fresh_device,
+            "pids_still_listed": fresh_pids}
 
 
 def server_checks(services: Services, checks: Checks, label: str, run: dict[str, Any], idle_mib: float,
@@ -174,10 +181,14 @@ def server_checks(services: Services, checks: Checks, label: str, run: dict[str,
 def stop_checks(services: Services, checks: Checks, label: str, server_id: str, idle_mib: float) -> dict[str, Any]:
     stop = stop_and_measure(services, server_id, idle_mib)
     back = stop["memory_back_s"]
-    checks.add(f"{label}: stopped, memory back", stop["tree_gone"] and back is not None and back <= MEMORY_BACK_GOAL_S,
-               f"stop call {stop['stop_call_s']:.2f} s, memory back after {back if back is None else round(back, 2)} s "
-               f"({stop['device_used_before_mib']:,.0f} → {stop['device_used_after_mib']:,.0f} MiB, idle "
-               f"{idle_mib:,.0f})", "<= 5 s")
+    checks.add(f"{label}: stop returns at once", stop["stop_call_s"] <= UI_CALL_GOAL_S,
+               f"stop call {stop['stop_call_s'] * 1000:.0f} ms ({stop['state_after_call']}), STOPPED after "
+               f"{stop['stopped_s']:.2f} s", f"<= {UI_CALL_GOAL_S * 1000:.0f} ms")
+    checks.add(f"{label}: stopped, memory released (event)",
+               stop["tree_gone"] and stop["event_honest"] and back is not None and back <= MEMORY_BACK_GOAL_S,
+               f"{stop['event']} {back if back is None else round(back, 2)} s after the stop; a fresh reading then: "
+               f"{stop['device_used_after_mib']:,.0f} MiB (before stop {stop['device_used_before_mib']:,.0f}, idle "
+               f"{idle_mib:,.0f}), server pids still listed: {stop['pids_still_listed'] or 'none'}", "<= 5 s, honest")
     return stop
 
 

@@ -168,7 +168,6 @@ class ServerManager:
         self._lock = threading.RLock()
         self._last_check: dict[str, float] = {}
         self._stopping: dict[str, _Stopping] = {}
-        self._baselines: dict[str, dict[int, int]] = {}
         self._releases: dict[str, _ReleaseWatch] = {}
         self._move_keys_out_of_the_database()
         self._reattach()
@@ -338,6 +337,7 @@ class ServerManager:
                 raise ValueError("stop the server before removing it")
             self._store.delete_server(server_id)
             self._secrets.delete(_key_name(server_id))
+            self._store.delete_pref(_baseline_name(server_id))
             if self._store.get_pref(ACTIVE_PREF) == server_id:
                 self._store.set_pref(ACTIVE_PREF, "")
 
@@ -376,7 +376,8 @@ class ServerManager:
     def _spawn(self, server_id: str, checked: CheckedSpec) -> None:
         """Spawn the api_server for an existing row; a spawn that fails marks the row FAILED with the reason."""
         log_path = self._log_dir / f"server-{server_id}.log"
-        self._baselines[server_id] = {d.index: d.used_bytes for d in self._gpu_devices()}
+        baseline = {d.index: d.used_bytes for d in self._gpu_devices()}
+        self._store.set_pref(_baseline_name(server_id), json.dumps(baseline))  # a re-attaching console needs it
         spec = checked.spec
         now = time.time()
         handle = spawn_safely(self._supervisor, self._argv_factory(checked), log_path)
@@ -406,8 +407,9 @@ class ServerManager:
         ticket = self._supervisor.request_stop(handle, grace_s=self._stop_grace_s)
         self._stopping[record.id] = _Stopping(ticket, time.monotonic(), then_start)
         if self._gpu.available:
-            self._releases[record.id] = _ReleaseWatch(
-                frozenset(tree | set(ticket.pids)), self._baselines.get(record.id, {}), time.monotonic())
+            stored = _json_dict(self._store.get_pref(_baseline_name(record.id)))
+            baseline = {int(k): int(v) for k, v in stored.items()}
+            self._releases[record.id] = _ReleaseWatch(frozenset(tree | set(ticket.pids)), baseline, time.monotonic())
 
     def _claimed_ports(self, exclude: str | None = None) -> set[int]:
         return {
@@ -643,6 +645,19 @@ class ServerManager:
 
 def _key_name(server_id: str) -> str:
     return f"server/{server_id}/api_keys"
+
+
+def _baseline_name(server_id: str) -> str:
+    """The pref that keeps each GPU's used bytes from just before the server started (for "released")."""
+    return f"serve.baseline.{server_id}"
+
+
+def _json_dict(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def normalize_base_url(raw: str) -> str:

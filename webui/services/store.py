@@ -268,6 +268,10 @@ class Store:
             row = self._conn.execute("SELECT value FROM prefs WHERE key = ?", (key,)).fetchone()
         return row["value"] if row else default
 
+    def delete_pref(self, key: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM prefs WHERE key = ?", (key,))
+
     def set_pref(self, key: str, value: str) -> None:
         with self._tx() as conn:
             conn.execute(

@@ -194,3 +194,24 @@ def test_calibration_files(model: Path, roots: ModelRoots, outputs: Path, model_
 def test_spec_json_round_trip() -> None:
     spec = AwqSpec(model_path="/m", calib_source="files", calib_files=("/a.txt", "/b.jsonl"))
     assert AwqSpec.from_json_dict(json.loads(json.dumps(spec.to_json_dict()))) == spec
+
+
+def test_the_size_estimate_is_the_planners_and_search_scale_time_grows_with_the_work(
+        model: Path, roots: ModelRoots, outputs: Path, model_root: Path) -> None:
+    """One AWQ size formula (ModelShape) for the Quantize tab and the Memory planner; and time that follows the
+    work: search-scale on 128×2048 tokens on the CPU is a long job, not a minute."""
+    from webui.services.planner import ModelShape, PlanInput, plan
+
+    (model_root / "calib.txt").write_text("word " * 300_000)
+    smooth = check(AwqSpec(model_path=str(model), calib_source="files", calib_files=(str(model_root / "calib.txt"),),
+                           calib_samples=128, calib_seqlen=2048, device="cpu"), roots, outputs)
+    search = check(AwqSpec(model_path=str(model), calib_source="files", calib_files=(str(model_root / "calib.txt"),),
+                           calib_samples=128, calib_seqlen=2048, device="cpu", search_scale=True), roots, outputs)
+    assert isinstance(smooth, CheckedAwq) and isinstance(search, CheckedAwq)
+    config = json.loads((model / "config.json").read_text())
+    shape = ModelShape.from_config(config)
+    assert smooth.estimates.size_after_bytes == shape.weight_bytes(awq_group_size=128)
+    planned = plan(PlanInput(shape=shape, awq=True, awq_group_size=128, gpu_total_bytes=24 << 30))
+    assert planned.weights_bytes == smooth.estimates.size_after_bytes
+    assert search.estimates.seconds > 10 * smooth.estimates.seconds
+    assert search.estimates.seconds > 20 * 60  # measured: still on layer 1 of 4 after 20 minutes

@@ -11,11 +11,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 PHASES = ("queued", "load", "calibrate", "smooth", "quantize", "save", "done")
 # Share of the whole job each phase usually takes (calibrated and data-free runs).
-WEIGHTS_CALIBRATED = {"load": 0.10, "calibrate": 0.40, "smooth": 0.20, "quantize": 0.22, "save": 0.08}
-WEIGHTS_DATA_FREE = {"load": 0.25, "calibrate": 0.0, "smooth": 0.0, "quantize": 0.60, "save": 0.15}
+WEIGHTS_CALIBRATED = MappingProxyType({"load": 0.10, "calibrate": 0.40, "smooth": 0.20, "quantize": 0.22, "save": 0.08})
+WEIGHTS_DATA_FREE = MappingProxyType({"load": 0.25, "calibrate": 0.0, "smooth": 0.0, "quantize": 0.60, "save": 0.15})
 
 CALIBRATED_LAYER = re.compile(r"^model\.layers\.(\d+), samples: (\d+)(?:, max gpu memory: ([\d.]+) GB)?")
 SMOOTHED_LAYER = re.compile(r"^model\.layers\.(\d+) smooth weight done\.(?: max gpu memory: ([\d.]+) GB)?")

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import psutil
@@ -23,7 +24,7 @@ from webui.services.serve_spec import KV_POLICIES
 from webui.services.server_states import LIVE_STATES
 from webui.services.store import Store
 
-WINDOWS = {"5m": 300.0, "1h": 3600.0, "24h": 86_400.0}
+WINDOWS = MappingProxyType({"5m": 300.0, "1h": 3600.0, "24h": 86_400.0})
 CSV_FIELDS = ("time", "gpu", "name", "used_mib", "total_mib", "utilization", "temperature", "power_w")
 
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 SKIP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", ".git", "logs"})
@@ -15,7 +16,7 @@ MAX_SCAN_DIRS = 4000
 
 LLAMA3_MIN_VOCAB = 128_000  # Llama 3's tokenizer; Llama 2 has 32,000
 # Tool-call parser that fits an architecture (LMDeploy 0.18 `--tool-call-parser` names).
-PARSER_BY_ARCHITECTURE = {
+PARSER_BY_ARCHITECTURE = MappingProxyType({
     "InternLM2ForCausalLM": "internlm",
     "InternLM3ForCausalLM": "internlm",
     "InternS1ForConditionalGeneration": "intern-s1",
@@ -28,7 +29,7 @@ PARSER_BY_ARCHITECTURE = {
     "Glm4MoeForCausalLM": "glm47",
     "DeepseekV32ForCausalLM": "deepseek-v32",
     "KimiK2ForCausalLM": "kimi_k2",
-}
+})
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 MIB = 1 << 20
@@ -24,13 +25,13 @@ ENGINE_CONTEXT_BYTES = 785 * MIB
 PER_BLOCK_OVERHEAD_BYTES = 11_288
 # quant policy → bits a value, and whether each token also stores a scale and zero point (int8/int4 do;
 # fp8 / fp8_e5m2, policies 16 and 17 on the pytorch engine, do not).
-KV_BITS = {0: 16, 8: 8, 4: 4, 16: 8, 17: 8}
+KV_BITS = MappingProxyType({0: 16, 8: 8, 4: 4, 16: 8, 17: 8})
 KV_SCALED = frozenset({8, 4})
 # GPU memory as NVML reports it (MiB), for the sizes people plan for.
-GPU_SIZES_MIB = {"24 GB (A100 slice)": 24_576, "40 GB (A100 40G)": 40_960, "80 GB (H100 80G)": 81_559,
-                 "141 GB (H200)": 143_771}
+GPU_SIZES_MIB = MappingProxyType({"24 GB (A100 slice)": 24_576, "40 GB (A100 40G)": 40_960, "80 GB (H100 80G)": 81_559,
+                 "141 GB (H200)": 143_771})
 # config.json essentials of models the console's users run (from their published configs).
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = MappingProxyType({
     "InternLM2.5 1.8B": {"architectures": ["InternLM2ForCausalLM"], "num_hidden_layers": 24, "hidden_size": 2048,
                          "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 8,
                          "vocab_size": 92544, "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
@@ -44,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Llama 3 8B": {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 32, "hidden_size": 4096,
                    "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
                    "vocab_size": 128256, "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
-}
+})
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ModelShape:
     tied_embeddings: bool
     qkv_bias: bool = False
     awq_group_size: int = 0  # > 0: the checkpoint is already AWQ 4-bit with this group size
+    experts: int = 1  # MoE: each expert has its own MLP
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
@@ -82,12 +84,16 @@ class ModelShape:
             qkv_bias=bool(config.get("attention_bias") or config.get("qkv_bias")
                           or str(config.get("model_type", "")).startswith("qwen2")),
             awq_group_size=int(quant.get("group_size") or quant.get("q_group_size") or 128) if awq else 0,
+            experts=int(config.get("num_local_experts") or config.get("num_experts") or 1),
         )
 
     def linear_params(self) -> int:
         """Parameters of the layers AWQ quantizes (attention and MLP projections)."""
         attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
-        return self.layers * (attention + 3 * self.hidden * self.intermediate)
+        return self.layers * (attention + 3 * self.hidden * self.intermediate * self.experts)
+
+    def params(self) -> int:
+        return self.linear_params() + self.other_params()
 
     def other_params(self) -> int:
         """Embeddings, lm_head, norms and biases: kept in 16 bits by AWQ."""

@@ -40,7 +40,7 @@ from webui.services.serve_log import tail
 from webui.services.serve_spec import FieldError
 from webui.services.store import JobRecord, Store
 
-__all__ = ["JobManager", "JobSnapshot", "JobState", "SubmitOutcome"]
+__all__ = ("JobManager", "JobSnapshot", "JobState", "SubmitOutcome")
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,14 @@ import socket
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from webui.services.models import ModelInfo, ModelRoots, PathProblem, read_model_info
+from webui.services.planner import ModelShape
 from webui.services.serve_spec import MAX_NAME_CHARS, MAX_PATH_CHARS, FieldError, too_long
 
-HUB_DATASETS = {  # LMDeploy 0.18 --calib-dataset name -> the Hugging Face dataset it loads
+HUB_DATASETS = MappingProxyType({  # LMDeploy 0.18 --calib-dataset name -> the Hugging Face dataset it loads
     "wikitext2": "wikitext",
     "c4": "allenai/c4",
     "pileval": "mit-han-lab/pile-val-backup",
@@ -25,7 +27,7 @@ HUB_DATASETS = {  # LMDeploy 0.18 --calib-dataset name -> the Hugging Face datas
     "neuralmagic_calibration": "neuralmagic/calibration",
     "open-platypus": "garage-bAInd/Open-Platypus",
     "openwebtext": "Skylion007/openwebtext",
-}
+})
 CALIB_SOURCES = ("hub", "files", "sample", "none")
 DTYPES = ("auto", "float16", "bfloat16")
 DEVICES = ("cuda", "cpu")
@@ -42,6 +44,13 @@ MAX_SAMPLES = 4096
 MAX_SEQLEN = 131_072
 MAX_BATCH = 512
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+AWQ_SEARCH_GRID = 20  # LMDeploy's search-scale tries 20 ratios for each group of linear layers
+# Effective floating-point rates of LMDeploy's AWQ passes (far below the hardware's peaks: small batches, fp32 on
+# the CPU), fitted to: a 4-layer model, 32×512 tokens with search-scale, 82 s on 2 CPU cores; a 0.7 B model,
+# 64×512 tokens smooth-only, 37 s on a GPU, and 128×1024 with search-scale unfinished after 8.5 minutes.
+AWQ_FLOPS_PER_S = MappingProxyType({"cuda": 3e12, "cpu": 1e11})
+QUANTIZE_S_PER_WEIGHT = MappingProxyType({"cuda": 2e-9, "cpu": 2e-7})
+LOAD_BYTES_PER_S = 500e6
 PROCESS_BASE_BYTES = 1 << 30  # Python with torch and transformers imported, before any weights (measured)
 BYTES_PER_TOKEN_GUESS = 4  # English BPE; used only where no tokenizer.json can count exactly
 
@@ -206,31 +215,27 @@ def read_calibration_text(files: tuple[str, ...] | list[str], text_field: str) -
 
 
 def estimate(info: ModelInfo, spec: AwqSpec, size_before: int, calib_tokens: int | None) -> Estimates:
-    """Rough size, memory and time from config.json (documented as rough in the UI)."""
-    c = info.config.get("text_config") or info.config
-    hidden = int(c.get("hidden_size") or 0)
-    inter = int(c.get("intermediate_size") or 0)
-    layers = int(c.get("num_hidden_layers") or 0)
-    vocab = int(c.get("vocab_size") or 0)
-    heads = int(c.get("num_attention_heads") or 1)
-    kv_heads = int(c.get("num_key_value_heads") or heads)
-    head_dim = int(c.get("head_dim") or (hidden // max(heads, 1)))
-    experts = int(c.get("num_local_experts") or c.get("num_experts") or 1)
-    attn = hidden * head_dim * (2 * heads + 2 * kv_heads)
-    mlp = 3 * hidden * inter * experts
-    linear = layers * (attn + mlp)
-    other = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2) + layers * 2 * hidden
-    params = linear + other
-    packed = linear * spec.w_bits // 8 + linear // max(spec.w_group_size, 1) * 4  # weights + fp16 scales/zeros
-    size_after = packed + other * 2
+    """Rough size, memory and time from the model's shape (the planner's ModelShape, so the Quantize tab and the
+    Memory planner agree about the same model); documented as rough in the UI.
+
+    Time is counted in floating-point work: one forward of the model over the calibration tokens, and with
+    search-scale a forward of every quantized linear layer for each of AWQ's 20 grid points, at a rate fitted
+    to runs in the project's notes (a 4-layer model on 2 CPU cores; a 0.7 B model on one GPU).
+    """
+    shape = ModelShape.from_config(info.config)
+    params, linear = shape.params(), shape.linear_params()
+    size_after = replace(shape, awq_group_size=0).weight_bytes(awq_group_size=spec.w_group_size)
+    if spec.w_bits != 4:  # 8-bit weights: a byte a weight instead of half of one
+        size_after += linear // 2
+    hidden, layer_params = shape.hidden, linear // max(shape.layers, 1)
     tokens = 0 if spec.data_free else spec.calib_samples * spec.calib_seqlen
     activations = tokens * hidden * 2 * 3  # inputs, outputs and a working copy of every sample, fp16
-    layer_bytes = (attn + mlp) * 2
-    gpu_peak = 0 if spec.device == "cpu" else 2 * layer_bytes + activations + vocab * hidden * 2
+    gpu_peak = 0 if spec.device == "cpu" else 2 * layer_params * 2 + activations + shape.vocab * hidden * 2
     ram_peak = params * 2 + (activations if spec.device == "cpu" else 0) + PROCESS_BASE_BYTES
-    per_billion = {"cuda": 30.0, "cpu": 600.0}[spec.device if spec.device in DEVICES else "cuda"]
-    work = params / 1e9 * per_billion * (1.0 + tokens / 65_536 * (6.0 if spec.search_scale else 1.0))
-    return Estimates(params, size_before, size_after, ram_peak, gpu_peak, 8.0 + work, calib_tokens)
+    work = 2.0 * params * tokens + (2.0 * AWQ_SEARCH_GRID * linear * tokens if spec.search_scale else 0.0)
+    rate = AWQ_FLOPS_PER_S.get(spec.device, AWQ_FLOPS_PER_S["cuda"])
+    seconds = 8.0 + size_before / LOAD_BYTES_PER_S + work / rate + linear * QUANTIZE_S_PER_WEIGHT[spec.device]
+    return Estimates(params, size_before, size_after, ram_peak, gpu_peak, seconds, calib_tokens)
 
 
 def check_awq(

@@ -38,7 +38,7 @@ from webui.services.serve_spec import (
 from webui.services.server_states import LIVE_STATES, ServerFacts, ServerState, decide_server, is_live
 from webui.services.store import ServerRecord, Store
 
-__all__ = ["LIVE_STATES", "ServerManager", "ServerSnapshot", "ServerState", "StartOutcome", "normalize_base_url"]
+__all__ = ("LIVE_STATES", "ServerManager", "ServerSnapshot", "ServerState", "StartOutcome", "normalize_base_url")
 
 log = logging.getLogger(__name__)
 

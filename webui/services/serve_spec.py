@@ -6,6 +6,7 @@ import shlex
 import socket
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from webui.services.models import ModelRoots, PathProblem, read_model_info
@@ -14,7 +15,7 @@ from webui.settings import is_loopback
 BACKENDS = ("turbomind", "pytorch")
 MODEL_FORMATS = ("auto", "hf", "awq", "gptq")
 # label value -> LMDeploy's --quant-policy number
-KV_POLICIES = {"none": 0, "int8": 8, "int4": 4, "fp8": 16, "fp8_e5m2": 17}
+KV_POLICIES = MappingProxyType({"none": 0, "int8": 8, "int4": 4, "fp8": 16, "fp8_e5m2": 17})
 PYTORCH_ONLY_POLICIES = frozenset({"fp8", "fp8_e5m2"})
 TOOL_CALL_PARSERS = (
     "internlm", "intern-s1", "interns2-preview", "qwen", "qwen2d5", "qwen3", "qwen3coder", "llama3",
@@ -72,7 +73,7 @@ FORM_FLAGS = frozenset({
 })
 # Other `lmdeploy serve api_server` options (0.18.0 --help) that may be passed through, with whether
 # they take a value. Anything else is refused before a process is started.
-EXTRA_FLAGS: dict[str, bool] = {
+EXTRA_FLAGS: dict[str, bool] = MappingProxyType({
     "--allow-origins": True, "--allow-credentials": False, "--allow-methods": True, "--allow-headers": True,
     "--proxy-url": True, "--max-concurrent-requests": True, "--allowed-media-domains": True, "--ssl": False,
     "--max-log-len": True, "--disable-fastapi-docs": False, "--allow-terminate-by-client": False,
@@ -91,7 +92,7 @@ EXTRA_FLAGS: dict[str, bool] = {
     "--speculative-algorithm": True, "--speculative-draft-model": True,
     "--speculative-num-draft-tokens": True, "--speculative-dflash-block-size": True,
     "--kv-transfer-config": True,
-}
+})
 
 
 @dataclass(frozen=True)

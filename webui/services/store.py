@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 SCHEMA = """
@@ -135,7 +136,8 @@ class JobRecord:
         return json.loads(self.result_json) if self.result_json else {}
 
 
-_COLUMNS = {"servers": tuple(f.name for f in fields(ServerRecord)), "jobs": tuple(f.name for f in fields(JobRecord))}
+_COLUMNS = MappingProxyType({"servers": tuple(f.name for f in fields(ServerRecord)),
+                             "jobs": tuple(f.name for f in fields(JobRecord))})
 
 
 @dataclass(frozen=True)

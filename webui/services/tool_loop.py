@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from webui.services.chat import ChatError, ChatService, Endpoint, SamplingParams
@@ -43,11 +44,11 @@ WEATHER = json.dumps([
             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
 ])
 # name → (tools, the prompt that shows them off)
-PRESETS: dict[str, tuple[str, str]] = {
+PRESETS: dict[str, tuple[str, str]] = MappingProxyType({
     "add_mul": (ADD_MUL, "Compute (3+5)*2"),
     "calculator": (CALCULATOR, "What is 17 * 23 + 4?"),
     "weather": (WEATHER, "What's the weather like in Shanghai today?"),
-}
+})
 
 
 def preset(name: str) -> tuple[list[dict[str, Any]], str]:

@@ -10,19 +10,24 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
 # Python-ish or C-ish type names people write, and the JSON Schema name they meant.
-TYPE_FIXES = {"int": "integer", "float": "number", "double": "number", "str": "string", "bool": "boolean",
-              "dict": "object", "list": "array", "none": "null", "long": "integer"}
+TYPE_FIXES = MappingProxyType({
+    "int": "integer", "float": "number", "double": "number", "str": "string", "bool": "boolean",
+    "dict": "object", "list": "array", "none": "null", "long": "integer",
+})
 MAX_EXPRESSION = 200
 MAX_EXPONENT = 64
 MAX_MAGNITUDE = 1e300
 
-BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-          ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+BINARY = MappingProxyType({
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+})
+UNARY = MappingProxyType({ast.UAdd: operator.pos, ast.USub: operator.neg})
 
 
 @dataclass(frozen=True)
@@ -141,11 +146,11 @@ def _two_numbers(args: dict[str, Any]) -> tuple[float | int, float | int]:
     return a, b  # type: ignore[return-value]
 
 
-BUILTINS: dict[str, Callable[[dict[str, Any]], Any]] = {
+BUILTINS: dict[str, Callable[[dict[str, Any]], Any]] = MappingProxyType({
     "add": lambda args: _number(sum(_two_numbers(args))),
     "mul": lambda args: _number(math.prod(_two_numbers(args))),
     "calculate": lambda args: calculate(str(args.get("expression", ""))),
-}
+})
 
 
 def run_builtin(name: str, arguments: str) -> tuple[bool, str]:

@@ -71,8 +71,25 @@ def test_help_answers_without_building_anything(tmp_path: Path) -> None:
         assert option in result.stdout
 
 
-def test_sigterm_twice_still_shuts_down_cleanly(tmp_path: Path) -> None:
+def wait_for_page(proc: subprocess.Popen, port: int) -> None:
+    """Until the launched console serves its page (killed, and the test failed, after 60 s)."""
     import http.client
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the console never served its page")
+
+
+def test_sigterm_twice_still_shuts_down_cleanly(tmp_path: Path) -> None:
     import signal
     import time
 
@@ -82,21 +99,48 @@ def test_sigterm_twice_still_shuts_down_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen([sys.executable, "-m", "webui", "--state-dir", str(tmp_path / "state"), "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/")
-            if conn.getresponse().status == 200:
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise AssertionError("the console never served its page")
+    wait_for_page(proc, port)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)  # an impatient second stop (a supervisor, a double Ctrl-C)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_background_failures_reach_the_console_log_with_their_traceback(tmp_path: Path) -> None:
+    """A row the monitor cannot handle (a state written by a newer version) is logged once, traceback included,
+    in <state dir>/console.log; the console keeps serving."""
+    import http.client
+    import signal
+    import time
+
+    from webui.services.serve_spec import suggest_port
+    from webui.services.store import ServerRecord, Store
+
+    state = tmp_path / "state"
+    store = Store(state / "console.sqlite3")
+    store.insert_server(ServerRecord(id="future01", owned=True, spec_json="{}", state="SLEEPING",
+                                     base_url="http://127.0.0.1:9", created_at=time.time()))
+    store.close()
+    port = suggest_port(19960)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "webui", "--state-dir", str(state), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = state / "console.log"
+    try:
+        wait_for_page(proc, port)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "Traceback" not in (log.read_text() if log.exists() else ""):
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "server_monitor: future01 failed" in text and "Traceback" in text
+        assert "'SLEEPING' is not a valid ServerState" in text
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200
+        time.sleep(1.0)
+        assert log.read_text().count("Traceback") == 1  # once a minute, not once a tick
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -89,6 +91,23 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def configure_logging(settings: Settings) -> None:
+    """The console's own log (what its background threads hit, with tracebacks) on stderr and in
+    `<state dir>/console.log` (rotated at 5 MB, 3 kept). API keys never reach it: nothing logs them."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(sys.stderr),
+        logging.handlers.RotatingFileHandler(settings.state_dir / "console.log", maxBytes=5 << 20, backupCount=3,
+                                             encoding="utf-8"),
+    ]
+    logger = logging.getLogger("webui")
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -97,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptionError as exc:
         print(f"lmdeploy-console: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings)
     # Imported late so `--help` and option errors answer instantly.
     from webui.app import build_app
     from webui.services.container import Services

@@ -4,6 +4,7 @@ sampler thread that keeps a bounded history for every viewer of the Memory tab."
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,10 @@ class GpuSampler:
         try:
             reading = self.probe.read_sample()
         except Exception as exc:  # a GPU that falls off the bus: keep the history, say why
-            self.error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self.error:  # once per distinct failure, not at every reading
+                log.warning("reading NVML failed: %s", error, exc_info=True)
+            self.error = error
             return None
         now = self._clock()
         sample = Sample(now, reading.devices, reading.processes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import shlex
@@ -18,6 +19,8 @@ from typing import Any
 from webui.services.models import ModelInfo, ModelRoots, PathProblem, read_model_info
 from webui.services.planner import ModelShape
 from webui.services.serve_spec import MAX_NAME_CHARS, MAX_PATH_CHARS, FieldError, too_long
+
+log = logging.getLogger(__name__)
 
 HUB_DATASETS = MappingProxyType({  # LMDeploy 0.18 --calib-dataset name -> the Hugging Face dataset it loads
     "wikitext2": "wikitext",
@@ -180,7 +183,7 @@ def count_tokens(model_dir: Path, text: str) -> tuple[int, bool]:
 
             return len(Tokenizer.from_file(str(tokenizer_file)).encode(text).ids), True
         except Exception:  # a tokenizer the library cannot read: fall back to the guess
-            pass
+            log.info("tokenizer of %s unreadable; counting calibration tokens by a guess", model_dir, exc_info=True)
     return len(text.encode("utf-8")) // BYTES_PER_TOKEN_GUESS, False
 
 

@@ -198,3 +198,73 @@ def test_invalid_arguments_from_the_model_do_not_poison_the_history(lmdeploy_lik
     run = new_run("Compute (3+5)*2")
     ToolLoop._run_call(run, call, {"add", "mul"})
     assert run.steps[-1]["ok"] is False and "not JSON" in run.steps[-1]["result"]
+
+
+def test_every_error_kind_has_words_in_both_languages() -> None:
+    """The UI words a ChatError by its kind: each kind the service can raise has a message in en and zh."""
+    from webui.i18n.catalog import Catalog
+    from webui.services.chat import ERROR_KINDS
+
+    catalog = Catalog.load()
+    for locale in ("en", "zh"):
+        missing = [k for k in ERROR_KINDS if f"chat.errors.{k}" not in catalog.messages[locale]]
+        assert not missing, (locale, missing)
+
+
+@pytest.fixture
+def odd_server():
+    """A real HTTP server on loopback that is not an OpenAI API: a web page for /v1/models and an empty SSE
+    stream for chat completions (what the console's own address, or a broken proxy, answers)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b"<html>a web page</html>" if self.path == "/v1/models" else b""
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"data: [DONE]\n\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_is_not_openai_an_empty_reply_and_a_huge_message_are_named(odd_server: str,
+                                                                                lmdeploy_like) -> None:
+    from webui.services.chat import ChatService
+
+    chat = ChatService()
+    with pytest.raises(ChatError) as not_api:
+        chat.endpoint_for_url(odd_server)
+    assert not_api.value.kind == "not_openai"
+    with pytest.raises(ChatError) as empty:
+        chat.complete(Endpoint(odd_server, "", "m"), [{"role": "user", "content": "hi"}], SamplingParams())
+    assert empty.value.kind == "empty_reply"
+    services, ready = lmdeploy_like
+    endpoint = services.chat.endpoint_for_server(ready.id)
+    before = len(requests_logged(services, ready.id))
+    with pytest.raises(ChatError) as huge:
+        services.chat.complete(endpoint, [{"role": "user", "content": "x" * (1 << 20)}], SamplingParams())
+    assert huge.value.kind == "too_long" and "1,048,576" in huge.value.message
+    assert len(requests_logged(services, ready.id)) == before  # nothing was sent
+    chat.close()

@@ -27,7 +27,11 @@ TOOL_PARSER_MESSAGE = "--tool-call-parser"
 CLIENT_CACHE = 16
 # Each has a catalog entry chat.errors.<kind> that explains it and shows the server's words.
 ERROR_KINDS = ("connection", "auth", "not_ready", "needs_parser", "not_found", "bad_request", "server", "timeout",
-               "cancelled", "no_server", "bad_url", "step_limit", "stream_broken")
+               "cancelled", "no_server", "bad_url", "step_limit", "stream_broken", "not_openai", "too_long",
+               "empty_reply")
+# A conversation longer than this (about 100,000 tokens) fits no context the console's servers take: it is
+# refused with a message rather than sent (a 1 MB message used to come back as an empty reply).
+MAX_CONVERSATION_CHARS = 400_000
 
 
 @dataclass(frozen=True)
@@ -181,11 +185,17 @@ class ChatService:
         return [m["id"] for m in self._model_list(endpoint.base_url, endpoint.api_key)]
 
     def _model_list(self, base_url: str, api_key: str) -> list[dict[str, Any]]:
+        """GET /v1/models. A server without it (404, or a page that is not the API's JSON) is not an
+        OpenAI-compatible server at all, e.g. this console's own address: said so, not "model not found"."""
         try:
             page = self._client(base_url, api_key).models.list()
+            return [m.model_dump() for m in page.data]
+        except openai.NotFoundError as exc:
+            raise ChatError("not_openai", f"{base_url}/v1/models answered 404", 404) from exc
+        except (openai.APIResponseValidationError, AttributeError, TypeError, ValueError) as exc:
+            raise ChatError("not_openai", f"{base_url}/v1/models did not answer with a model list") from exc
         except openai.OpenAIError as exc:
             raise classify(exc, base_url) from exc
-        return [m.model_dump() for m in page.data]
 
     def _is_lmdeploy(self, base_url: str, api_key: str) -> bool:
         try:
@@ -225,6 +235,7 @@ class ChatService:
         `cancelled=True`.
         """
         request_id = request_id or self.new_request_id()
+        check_length(messages)
         kwargs = _kwargs(endpoint, params, tools, tool_choice)
         if endpoint.lmdeploy:
             kwargs["stream_options"] = {"include_usage": True}
@@ -288,6 +299,9 @@ class ChatService:
                 self._open.pop(request_id, None)
                 cancelled = cancelled or request_id in self._cancelled
                 self._cancelled.discard(request_id)
+        if not cancelled and chunks == 0 and not finish and not calls.result():
+            raise ChatError("empty_reply", f"{endpoint.base_url} ended the reply without text, tool calls or a "
+                                           "finish reason")
         stats = ReplyStats(
             ttft_s=first,
             seconds=time.perf_counter() - started,
@@ -309,6 +323,7 @@ class ChatService:
     ) -> StreamEvent:
         """One request without streaming, for servers that cannot stream a case (llama.cpp cannot stream
         tool_choice auto). Returns the same final event; time to first token is the whole request."""
+        check_length(messages)
         kwargs = _kwargs(endpoint, params, tools, tool_choice)
         started = time.perf_counter()
         # One retry: a connection that a server broke off just before may still sit in the pool.
@@ -370,6 +385,13 @@ def _kwargs(endpoint: Endpoint, params: SamplingParams, tools: list[dict[str, An
         if tool_choice:
             kwargs["tool_choice"] = tool_choice
     return kwargs
+
+
+def check_length(messages: list[dict[str, Any]]) -> None:
+    """Refuse a conversation no server could take, before anything is sent."""
+    total = sum(len(str(m.get("content") or "")) for m in messages)
+    if total > MAX_CONVERSATION_CHARS:
+        raise ChatError("too_long", f"{total:,} characters; at most {MAX_CONVERSATION_CHARS:,} are sent")
 
 
 def classify(exc: BaseException, base_url: str) -> ChatError:

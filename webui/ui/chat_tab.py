@@ -23,6 +23,7 @@ from webui.services.chat import (
     format_stats,
     with_system,
 )
+from webui.ui import forms
 from webui.ui.common import as_int, format_errors, locale_of
 from webui.ui.target_picker import TargetHandlers, build_target_picker, wire_target_picker
 
@@ -146,8 +147,11 @@ class ChatHandlers:
         Errors come back as {"error": {"kind", "message"}}, never as an exception.
         """
         try:
-            params = sampling(temperature, top_p, max_tokens, top_k, repetition_penalty, seed)
-            errors = params.check()
+            numbers, errors = forms.convert_numbers({
+                "temperature": (temperature, 0.7), "top_p": (top_p, 1.0), "max_tokens": (max_tokens, 512),
+                "top_k": (top_k, 0), "repetition_penalty": (repetition_penalty, 1.0), "seed": (seed, -1)})
+            params = sampling(**numbers)
+            errors = errors or params.check()
             if errors:
                 return {"error": {"kind": "bad_request", "message": "; ".join(
                     f"{e.field}: {self.catalog.text(e.key, 'en', **e.params)}" for e in errors)}}

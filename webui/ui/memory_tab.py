@@ -20,6 +20,7 @@ from webui.services.models import ModelRoots
 from webui.services.planner import GPU_SIZES_MIB, MIB, PRESETS, ModelShape, PlanInput, plan, sweep
 from webui.services.serve import ServerManager
 from webui.services.serve_spec import KV_POLICIES
+from webui.ui import forms
 from webui.ui.common import as_int, locale_of, short_model
 
 POLICY_NAMES = {0: "none (fp16)", 8: "int8", 4: "int4"}
@@ -146,7 +147,7 @@ class MemoryHandlers:
                          awq_group_size=as_int(group_size, 128) or 128, session_len=as_int(session_len, 4096) or 4096,
                          max_batch_size=as_int(batch, 128) or 128, tp=as_int(tp, 1) or 1), ""
 
-    def plan_memory(self, source: str, weights: str, group_size: float | None, gpu: str, fraction: float,
+    def show_plan(self, source: str, weights: str, group_size: float | None, gpu: str, fraction: float,
                     kv_policy: str, session_len: float | None, batch: float | None, tp: float | None,
                     request: gr.Request) -> tuple[str, go.Figure | None]:
         """The prediction as a short table, and the chart of memory and tokens against the fraction."""
@@ -237,8 +238,15 @@ class MemoryHandlers:
                         gpu_memory_mib: float = 24_576, cache_max_entry_count: float = 0.8, kv_policy: str = "none",
                         session_len: int = 4096, max_batch_size: int = 128, tp: int = 1) -> dict[str, Any]:
         """The planner for scripts: `model` is a preset name or a model folder under the roots."""
-        spec, problem = self.plan_input(model, weights, group_size, str(gpu_memory_mib), cache_max_entry_count,
-                                        kv_policy, session_len, max_batch_size, tp)
+        numbers, problems = forms.convert_numbers({
+            "group_size": (group_size, 128), "gpu_memory_mib": (gpu_memory_mib, 24_576.0),
+            "cache_max_entry_count": (cache_max_entry_count, 0.8), "session_len": (session_len, 4096),
+            "max_batch_size": (max_batch_size, 128), "tp": (tp, 1)})
+        if problems:
+            return {"error": "; ".join(f"{e.field}: {self.catalog.text(e.key, 'en', **e.params)}" for e in problems)}
+        spec, problem = self.plan_input(model, weights, numbers["group_size"], str(numbers["gpu_memory_mib"]),
+                                        numbers["cache_max_entry_count"], kv_policy, numbers["session_len"],
+                                        numbers["max_batch_size"], numbers["tp"])
         if spec is None:
             return {"error": problem}
         return plan(spec).as_dict()
@@ -290,7 +298,7 @@ def build_memory_tab(handlers: MemoryHandlers, i18n: gr.I18n) -> tuple[gr.Timer,
     window.change(handlers.refresh, window, live, **quiet)
     export.click(handlers.export_history, window, export_file, **quiet)
     plan_inputs = [source, weights, group_size, gpu, fraction, kv_policy, session_len, batch, tp]
-    gr.on([c.change for c in plan_inputs], handlers.plan_memory, plan_inputs, [prediction, sweep_plot],
+    gr.on([c.change for c in plan_inputs], handlers.show_plan, plan_inputs, [prediction, sweep_plot],
           trigger_mode="always_last", **quiet)
     compare.click(handlers.compare_server, server, comparison, **quiet)
     gr.api(handlers.gpu_snapshot_api, api_name="gpu_snapshot")
@@ -298,5 +306,5 @@ def build_memory_tab(handlers: MemoryHandlers, i18n: gr.I18n) -> tuple[gr.Timer,
     gr.api(handlers.plan_memory_api, api_name="plan_memory")
     on_open = [(handlers.refresh, window, live), (handlers.model_sources, source, source),
                (handlers.gpu_dropdown, gpu, gpu),
-               (handlers.ready_servers, server, server), (handlers.plan_memory, plan_inputs, [prediction, sweep_plot])]
+               (handlers.ready_servers, server, server), (handlers.show_plan, plan_inputs, [prediction, sweep_plot])]
     return timer, on_open

@@ -13,7 +13,9 @@ from webui.i18n.catalog import Catalog
 from webui.services.models import ModelRoots
 from webui.services.quantize import JobManager, JobSnapshot
 from webui.services.quantize_spec import HUB_DATASETS, AwqSpec, CheckedAwq
+from webui.services.serve_spec import FieldError
 from webui.settings import Settings
+from webui.ui import forms
 from webui.ui.common import (
     as_int,
     duration,
@@ -30,9 +32,47 @@ LOG_LINES = 40  # the box grows to show them all, so the newest line is always i
 ACTIVE_STATES = ("QUEUED", "RUNNING")
 
 
-@dataclass
+@dataclass(frozen=True)
+class QuantizeValues:
+    """The Quantize form's values; the field names are submit_quantize's and preflight_quantize's API parameters.
+
+    The defaults are the page's: the sample corpus (it needs no download and no paths) with a size it can fill.
+    """
+
+    model_path: str = forms.path(required=True)
+    output_dir: str = forms.path("")  # "" = a free folder named after the model, in the outputs folder
+    calib_source: str = forms.text("sample", max_chars=64)
+    calib_dataset: str = forms.text(AwqSpec.calib_dataset, max_chars=64)
+    calib_paths: str = forms.paths("", error_field="calib_files")  # one a line
+    text_field: str = forms.text(AwqSpec.text_field)
+    calib_samples: int = forms.whole(64)
+    calib_seqlen: int = forms.whole(1024)
+    batch_size: int = forms.whole(AwqSpec.batch_size)
+    w_bits: int = forms.whole(AwqSpec.w_bits)
+    w_group_size: int = forms.whole(AwqSpec.w_group_size)
+    w_sym: bool = forms.flag(AwqSpec.w_sym)
+    search_scale: bool = forms.flag(AwqSpec.search_scale)
+    dtype: str = forms.text(AwqSpec.dtype, max_chars=64)
+    device: str = forms.text(AwqSpec.device, max_chars=64)
+    trust_remote_code: bool = forms.flag(AwqSpec.trust_remote_code)
+
+    def to_spec(self) -> AwqSpec:
+        files = tuple(line.strip() for line in self.calib_paths.splitlines() if line.strip())
+        return AwqSpec(
+            model_path=self.model_path.strip(), output_dir=self.output_dir.strip(), calib_source=self.calib_source,
+            calib_dataset=self.calib_dataset, calib_files=files, text_field=self.text_field.strip() or "text",
+            calib_samples=self.calib_samples, calib_seqlen=self.calib_seqlen, batch_size=self.batch_size,
+            w_bits=self.w_bits, w_group_size=self.w_group_size, w_sym=self.w_sym, search_scale=self.search_scale,
+            dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code,
+        )
+
+
+QUANTIZE_FORM = forms.Form(QuantizeValues)
+
+
+@dataclass(frozen=True)
 class QuantizeForm:
-    """The form's components in AwqSpec field order (uploads are copied into calib_paths as they arrive)."""
+    """The form's components, one per QuantizeValues field and named like it (uploads are added to calib_paths)."""
 
     model_path: gr.Dropdown
     output_dir: gr.Textbox
@@ -51,12 +91,12 @@ class QuantizeForm:
     device: gr.Radio
     trust_remote_code: gr.Checkbox
 
-    def inputs(self) -> list[gr.components.Component]:
-        return list(self.__dict__.values())
-
 
 class QuantizeHandlers:
-    """Event handlers of the Quantize tab; they command the JobManager and read its snapshots."""
+    """Event handlers of the Quantize tab; they command the JobManager and read its snapshots.
+
+    preflight and submit_quantize take the form as one parsed value (bind them with QUANTIZE_FORM.bind).
+    """
 
     def __init__(self, jobs: JobManager, roots: ModelRoots, settings: Settings, catalog: Catalog) -> None:
         self.jobs = jobs
@@ -64,35 +104,18 @@ class QuantizeHandlers:
         self.settings = settings
         self.catalog = catalog
 
-    def spec_from_form(
-        self, model_path: str | None, output_dir: str, calib_source: str, calib_dataset: str,
-        calib_paths: str, text_field: str, calib_samples: float | None,
-        calib_seqlen: float | None, batch_size: float | None, w_bits: int | str, w_group_size: int | str,
-        w_sym: bool, search_scale: bool, dtype: str, device: str, trust_remote_code: bool,
-    ) -> AwqSpec:
-        files = [line.strip() for line in (calib_paths or "").splitlines() if line.strip()]
-        return AwqSpec(
-            model_path=(model_path or "").strip(), output_dir=(output_dir or "").strip(), calib_source=calib_source,
-            calib_dataset=calib_dataset, calib_files=tuple(files), text_field=(text_field or "text").strip(),
-            calib_samples=as_int(calib_samples, 128), calib_seqlen=as_int(calib_seqlen, 2048),
-            batch_size=as_int(batch_size, 1), w_bits=as_int(w_bits, 4), w_group_size=as_int(w_group_size, 128),
-            w_sym=bool(w_sym), search_scale=bool(search_scale), dtype=dtype, device=device,
-            trust_remote_code=bool(trust_remote_code),
-        )
-
     # form ----------------------------------------------------------------------------------------
-    def preflight(
-        self, model_path: str | None, output_dir: str, calib_source: str, calib_dataset: str,
-        calib_paths: str, text_field: str, calib_samples: float | None,
-        calib_seqlen: float | None, batch_size: float | None, w_bits: int | str, w_group_size: int | str,
-        w_sym: bool, search_scale: bool, dtype: str, device: str, trust_remote_code: bool, request: gr.Request,
-    ) -> tuple[str, str]:
+    def check(self, form: forms.Parsed[QuantizeValues]) -> CheckedAwq | list[FieldError]:
+        """The job checked, or every problem: the form's own first (the job checked a refused value's default)."""
+        checked = self.jobs.check(form.values.to_spec())
+        if not form.errors:
+            return checked
+        return forms.merge_errors(form.errors, checked if isinstance(checked, list) else [])
+
+    def preflight(self, form: forms.Parsed[QuantizeValues], request: gr.Request | None) -> tuple[str, str]:
         """What the job would do (sizes, memory, time) or what is wrong; and the equivalent CLI command."""
         locale = locale_of(request)
-        spec = self.spec_from_form(model_path, output_dir, calib_source, calib_dataset, calib_paths, text_field,
-                                   calib_samples, calib_seqlen, batch_size, w_bits, w_group_size, w_sym,
-                                   search_scale, dtype, device, trust_remote_code)
-        checked = self.jobs.check(spec)
+        checked = self.check(form)
         if isinstance(checked, list):
             return format_errors(self.catalog, checked, locale, "quantize"), ""
         return self._estimate_markdown(checked, locale), self.jobs.preview(checked) or self.catalog.text(
@@ -136,18 +159,12 @@ class QuantizeHandlers:
                 gr.Number(value=seqlen, visible=calib_source != "none"))
 
     # actions -------------------------------------------------------------------------------------
-    def submit_quantize(
-        self, model_path: str | None, output_dir: str, calib_source: str, calib_dataset: str,
-        calib_paths: str, text_field: str, calib_samples: float | None,
-        calib_seqlen: float | None, batch_size: float | None, w_bits: int | str, w_group_size: int | str,
-        w_sym: bool, search_scale: bool, dtype: str, device: str, trust_remote_code: bool, request: gr.Request,
-    ) -> tuple[str, str]:
+    def submit_quantize(self, form: forms.Parsed[QuantizeValues], request: gr.Request | None) -> tuple[str, str]:
         """Queue an AWQ job; returns a message and the job id ("" if refused)."""
         locale = locale_of(request)
-        spec = self.spec_from_form(model_path, output_dir, calib_source, calib_dataset, calib_paths, text_field,
-                                   calib_samples, calib_seqlen, batch_size, w_bits, w_group_size, w_sym,
-                                   search_scale, dtype, device, trust_remote_code)
-        outcome = self.jobs.submit(spec)
+        if form.errors:
+            return format_errors(self.catalog, self.check(form), locale, "quantize"), ""
+        outcome = self.jobs.submit(form.values.to_spec())
         if outcome.job is None:
             return format_errors(self.catalog, outcome.errors, locale, "quantize"), ""
         job = outcome.job
@@ -274,7 +291,7 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
     gr.Button, gr.Dropdown, gr.Markdown, gr.Timer
 ]:
     """Lay out the Quantize tab; returns what the app wires across tabs (Serve this, selected job, timer)."""
-    defaults = AwqSpec(model_path="")
+    defaults = QuantizeValues()
     with gr.Row():
         with gr.Column(scale=5):
             gr.Markdown(i18n("quantize.form_heading"))
@@ -283,12 +300,13 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
                                          choices=[], allow_custom_value=True, filterable=True, scale=5,
                                          elem_id="quantize-model-path")
                 rescan = gr.Button(i18n("serve.refresh_models"), scale=1, size="sm")
-            output_dir = gr.Textbox(label=i18n("quantize.output_dir.label"), info=i18n("quantize.output_dir.info"),
+            output_dir = gr.Textbox(value=defaults.output_dir, label=i18n("quantize.output_dir.label"),
+                                    info=i18n("quantize.output_dir.info"),
                                     placeholder=i18n("quantize.output_dir.placeholder"), elem_id="quantize-output")
             calib_source = gr.Radio(
                 [(i18n(f"quantize.calib_source.{v}"), v) for v in ("hub", "files", "sample", "none")],
-                value="sample", label=i18n("quantize.calib_source.label"), info=i18n("quantize.calib_source.info"),
-                elem_id="quantize-calib-source",
+                value=defaults.calib_source, label=i18n("quantize.calib_source.label"),
+                info=i18n("quantize.calib_source.info"), elem_id="quantize-calib-source",
             )
             calib_dataset = gr.Dropdown(list(HUB_DATASETS), value=defaults.calib_dataset, visible=False,
                                         label=i18n("quantize.calib_dataset.label"),
@@ -296,15 +314,16 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
             calib_uploads = gr.File(file_count="multiple", file_types=[".txt", ".jsonl", ".md"], visible=False,
                                     label=i18n("quantize.calib_upload.label"), elem_id="quantize-uploads")
             with gr.Row():
-                calib_paths = gr.Textbox(label=i18n("quantize.calib_files.label"), visible=False, lines=2,
-                                         info=i18n("quantize.calib_files.info"), scale=3,
+                calib_paths = gr.Textbox(value=defaults.calib_paths, label=i18n("quantize.calib_files.label"),
+                                         visible=False, lines=2, info=i18n("quantize.calib_files.info"), scale=3,
                                          elem_id="quantize-calib-paths")
-                text_field = gr.Textbox(value="text", label=i18n("quantize.text_field.label"), visible=False,
-                                        info=i18n("quantize.text_field.info"), scale=1)
+                text_field = gr.Textbox(value=defaults.text_field, label=i18n("quantize.text_field.label"),
+                                        visible=False, info=i18n("quantize.text_field.info"), scale=1)
             with gr.Row():
-                calib_samples = gr.Number(value=64, precision=0, minimum=0, label=i18n("quantize.calib_samples.label"),
+                calib_samples = gr.Number(value=defaults.calib_samples, precision=0, minimum=0,
+                                          label=i18n("quantize.calib_samples.label"),
                                           info=i18n("quantize.calib_samples.info"), elem_id="quantize-samples")
-                calib_seqlen = gr.Number(value=1024, precision=0, minimum=16,
+                calib_seqlen = gr.Number(value=defaults.calib_seqlen, precision=0, minimum=16,
                                          label=i18n("quantize.calib_seqlen.label"),
                                          info=i18n("quantize.calib_seqlen.info"), elem_id="quantize-seqlen")
                 batch_size = gr.Number(value=defaults.batch_size, precision=0, minimum=1,
@@ -325,7 +344,8 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
                                            info=i18n("quantize.search_scale.info"))
                 w_sym = gr.Checkbox(defaults.w_sym, label=i18n("quantize.w_sym.label"),
                                     info=i18n("quantize.w_sym.info"))
-                trust_remote_code = gr.Checkbox(False, label=i18n("quantize.trust_remote_code.label"),
+                trust_remote_code = gr.Checkbox(defaults.trust_remote_code,
+                                                label=i18n("quantize.trust_remote_code.label"),
                                                 info=i18n("quantize.trust_remote_code.info"))
             preflight = gr.Markdown(elem_id="quantize-preflight")
             command = gr.Code(label=i18n("quantize.command.label"), language="shell", interactive=False,
@@ -344,26 +364,31 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
             log = gr.Textbox(label=i18n("quantize.log.label"), lines=12, max_lines=LOG_LINES, autoscroll=True,
                              interactive=False, elem_id="quantize-log")
 
-    form = QuantizeForm(model_path, output_dir, calib_source, calib_dataset, calib_paths, text_field,
-                        calib_samples, calib_seqlen, batch_size, w_bits, w_group_size, w_sym, search_scale, dtype,
-                        device, trust_remote_code)
+    form = QuantizeForm(
+        model_path=model_path, output_dir=output_dir, calib_source=calib_source, calib_dataset=calib_dataset,
+        calib_paths=calib_paths, text_field=text_field, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
+        batch_size=batch_size, w_bits=w_bits, w_group_size=w_group_size, w_sym=w_sym, search_scale=search_scale,
+        dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+    )
+    inputs = QUANTIZE_FORM.inputs(form)
+    preflight_fn = QUANTIZE_FORM.bind(handlers.preflight)
     quiet = {"show_progress": "hidden", "concurrency_limit": None}
     timer = gr.Timer(1.0, active=False)
     touched = gr.Textbox(visible=False)
 
-    gr.on([c.change for c in form.inputs()], handlers.preflight, form.inputs(), [preflight, command],
-          api_name="preflight_quantize", trigger_mode="always_last", **quiet)
+    gr.on([c.change for c in inputs], preflight_fn, inputs, [preflight, command], api_name="preflight_quantize",
+          trigger_mode="always_last", **forms.RAW_INPUTS, **quiet)
     calib_source.change(handlers.calibration_defaults, [calib_source, calib_samples, calib_seqlen],
                         [calib_dataset, calib_uploads, calib_paths, text_field, calib_samples, calib_seqlen],
                         api_visibility="private", **quiet)
     rescan.click(handlers.refresh_models, model_path, model_path, api_visibility="private")
     calib_uploads.upload(handlers.add_uploads, [calib_uploads, calib_paths], [calib_paths, calib_uploads],
                          api_visibility="private")
-    submitted = submit.click(handlers.submit_quantize, form.inputs(), [message, touched], api_name="submit_quantize",
-                             concurrency_id="job_control")
+    submitted = submit.click(QUANTIZE_FORM.bind(handlers.submit_quantize), inputs, [message, touched],
+                             api_name="submit_quantize", concurrency_id="job_control", **forms.RAW_INPUTS)
     submitted.then(handlers.select_job, [touched, selected], selected, api_visibility="private")
     # The output name just claimed is taken: show the next free one.
-    submitted.then(handlers.preflight, form.inputs(), [preflight, command], api_visibility="private", **quiet)
+    submitted.then(preflight_fn, inputs, [preflight, command], api_visibility="private", **forms.RAW_INPUTS, **quiet)
     cancel.click(handlers.cancel_job, selected, message, api_name="cancel_job", concurrency_id="job_control")
     jobs_table.select(handlers.pick_from_table, jobs_table, selected, api_visibility="private")
     selected.change(handlers.job_detail, selected, [detail, log], api_visibility="private", **quiet)

@@ -17,16 +17,51 @@ from webui.services.serve_spec import (
     KV_POLICIES,
     MODEL_FORMATS,
     TOOL_CALL_PARSERS,
+    FieldError,
     ServerSpec,
 )
-from webui.ui.common import as_int, duration, format_errors, locale_of, model_choices, picked_row, short_model
+from webui.ui import forms
+from webui.ui.common import duration, format_errors, locale_of, model_choices, picked_row, short_model
 
 LOG_LINES = 40  # the box grows to show them all, so the newest line is always in view
 
 
-@dataclass
+@dataclass(frozen=True)
+class ServeValues:
+    """The Serve form's values; the field names are start_server's and preview_command's API parameters."""
+
+    model_path: str = forms.path(required=True)
+    backend: str = forms.text(ServerSpec.backend, max_chars=64)
+    model_format: str = forms.text(ServerSpec.model_format, max_chars=64)
+    kv_policy: str = forms.text(ServerSpec.kv_policy, max_chars=64)
+    cache_max_entry_count: float = forms.number(ServerSpec.cache_max_entry_count)
+    session_len: int = forms.whole(ServerSpec.session_len)
+    max_batch_size: int = forms.whole(ServerSpec.max_batch_size)
+    tp: int = forms.whole(ServerSpec.tp)
+    port: int = forms.whole(ServerSpec.port)
+    host: str = forms.host(ServerSpec.host)
+    model_name: str = forms.text(ServerSpec.model_name)
+    api_keys: str = forms.text("", max_chars=4096)  # space- or comma-separated
+    tool_call_parser: str = forms.text(ServerSpec.tool_call_parser, max_chars=64)
+    eager_mode: bool = forms.flag(ServerSpec.eager_mode)
+    extra_args: str = forms.text(ServerSpec.extra_args, max_chars=4096)
+
+    def to_spec(self) -> ServerSpec:
+        return ServerSpec(
+            model_path=self.model_path.strip(), backend=self.backend, model_format=self.model_format,
+            kv_policy=self.kv_policy, cache_max_entry_count=self.cache_max_entry_count, session_len=self.session_len,
+            max_batch_size=self.max_batch_size, tp=self.tp, port=self.port, host=self.host,
+            model_name=self.model_name, api_keys=tuple(self.api_keys.replace(",", " ").split()),
+            tool_call_parser=self.tool_call_parser, eager_mode=self.eager_mode, extra_args=self.extra_args,
+        )
+
+
+SERVE_FORM = forms.Form(ServeValues)
+
+
+@dataclass(frozen=True)
 class ServeForm:
-    """The form's components in ServerSpec field order, so handlers take them by name, not by position."""
+    """The form's components, one per ServeValues field and named like it (SERVE_FORM finds them by name)."""
 
     model_path: gr.Dropdown
     backend: gr.Radio
@@ -44,12 +79,12 @@ class ServeForm:
     eager_mode: gr.Checkbox
     extra_args: gr.Textbox
 
-    def inputs(self) -> list[gr.components.Component]:
-        return list(self.__dict__.values())
-
 
 class ServeHandlers:
-    """Event handlers of the Serve tab; they read and command the ServerManager and never touch processes."""
+    """Event handlers of the Serve tab; they read and command the ServerManager and never touch processes.
+
+    preview_command and start_server take the form as one parsed value (bind them with SERVE_FORM.bind).
+    """
 
     def __init__(self, manager: ServerManager, roots: ModelRoots, catalog: Catalog) -> None:
         self.manager = manager
@@ -57,46 +92,21 @@ class ServeHandlers:
         self.catalog = catalog
 
     # form ----------------------------------------------------------------------------------------
-    def spec_from_form(
-        self, model_path: str | None, backend: str, model_format: str, kv_policy: str,
-        cache_max_entry_count: float, session_len: float | None, max_batch_size: float | None,
-        tp: float | None, port: float | None, host: str, model_name: str, api_keys: str,
-        tool_call_parser: str | None, eager_mode: bool, extra_args: str,
-    ) -> ServerSpec:
-        return ServerSpec(
-            model_path=(model_path or "").strip(),
-            backend=backend,
-            model_format=model_format,
-            kv_policy=kv_policy,
-            cache_max_entry_count=float(cache_max_entry_count or 0.0),
-            session_len=as_int(session_len),
-            max_batch_size=as_int(max_batch_size),
-            tp=as_int(tp, 1),
-            port=as_int(port),
-            host=(host or "127.0.0.1").strip(),
-            model_name=model_name or "",
-            api_keys=tuple((api_keys or "").replace(",", " ").split()),
-            tool_call_parser=tool_call_parser or "",
-            eager_mode=bool(eager_mode),
-            extra_args=extra_args or "",
-        )
+    def problems(self, form: forms.Parsed[ServeValues]) -> list[FieldError]:
+        """The form's own errors, then the service's checks of the rest (empty: the server can start)."""
+        checked = self.manager.check(form.values.to_spec())
+        return forms.merge_errors(form.errors, checked if isinstance(checked, list) else [])
 
-    def preview_command(
-        self, model_path: str | None, backend: str, model_format: str, kv_policy: str,
-        cache_max_entry_count: float, session_len: float | None, max_batch_size: float | None,
-        tp: float | None, port: float | None, host: str, model_name: str, api_keys: str,
-        tool_call_parser: str | None, eager_mode: bool, extra_args: str, request: gr.Request,
-    ) -> tuple[str, str]:
+    def preview_command(self, form: forms.Parsed[ServeValues], request: gr.Request | None) -> tuple[str, str]:
         """The exact command (keys masked) and what is wrong with the form right now."""
-        spec = self.spec_from_form(model_path, backend, model_format, kv_policy, cache_max_entry_count,
-                                   session_len, max_batch_size, tp, port, host, model_name, api_keys,
-                                   tool_call_parser, eager_mode, extra_args)
         locale = locale_of(request)
-        checked = self.manager.check(spec)
-        status = format_errors(self.catalog, checked, locale, "serve") if isinstance(checked, list) else (
+        errors = self.problems(form)
+        status = format_errors(self.catalog, errors, locale, "serve") if errors else (
             "**" + self.catalog.text("serve.msg.ready_to_start", locale) + "**"
         )
-        return self.manager.preview(spec), status
+        # A refused value was replaced by its default: a command with that default would be a guess.
+        command = "" if form.errors else self.manager.preview(form.values.to_spec())
+        return command, status
 
     def refresh_models(self, current: str | None) -> gr.Dropdown:
         return model_choices(self.roots, current)
@@ -112,20 +122,14 @@ class ServeHandlers:
         return gr.Dropdown(value=current or suggestion or "", info=info_text)
 
     # actions -------------------------------------------------------------------------------------
-    def start_server(
-        self, model_path: str | None, backend: str, model_format: str, kv_policy: str,
-        cache_max_entry_count: float, session_len: float | None, max_batch_size: float | None,
-        tp: float | None, port: float | None, host: str, model_name: str, api_keys: str,
-        tool_call_parser: str | None, eager_mode: bool, extra_args: str, request: gr.Request,
-    ) -> tuple[str, str, int]:
+    def start_server(self, form: forms.Parsed[ServeValues], request: gr.Request | None) -> tuple[str, str, int]:
         """Start an api_server; returns a message, the new server's id ("" if refused) and a free port for the next."""
-        spec = self.spec_from_form(model_path, backend, model_format, kv_policy, cache_max_entry_count,
-                                   session_len, max_batch_size, tp, port, host, model_name, api_keys,
-                                   tool_call_parser, eager_mode, extra_args)
         locale = locale_of(request)
-        outcome = self.manager.start(spec)
+        if form.errors:
+            return format_errors(self.catalog, self.problems(form), locale, "serve"), "", form.values.port
+        outcome = self.manager.start(form.values.to_spec())
         if outcome.server is None:
-            return format_errors(self.catalog, outcome.errors, locale, "serve"), "", as_int(port)
+            return format_errors(self.catalog, outcome.errors, locale, "serve"), "", form.values.port
         msg = self.catalog.text("serve.msg.started", locale, id=outcome.server.id, url=outcome.server.base_url)
         return msg, outcome.server.id, self.manager.suggest_port()
 
@@ -137,7 +141,11 @@ class ServeHandlers:
             snap = self.manager.stop(server_id)
         except KeyError:
             return self.catalog.text("errors.unknown_server", locale, id=server_id)
-        return self.catalog.text("serve.msg.stopped", locale, id=snap.id, detail=snap.detail)
+        if snap.state == "STOPPING":
+            return self.catalog.text("serve.msg.stopping", locale, id=snap.id)
+        return self.catalog.text("serve.msg.stopped", locale, id=snap.id,
+                                 detail=self.catalog.text(snap.detail, locale, **snap.detail_params)
+                                 if snap.detail else self.catalog.text(f"serve.state.{snap.state}", locale))
 
     def restart_server(self, server_id: str | None, request: gr.Request) -> str:
         locale = locale_of(request)
@@ -297,7 +305,7 @@ class ServeHandlers:
             if s.hint_line:
                 lines.append(f"\n```text\n{s.hint_line}\n```")
         if s.detail:
-            lines.append(f"- {html.escape(s.detail)}")
+            lines.append(f"- {html.escape(t(s.detail, locale, **s.detail_params))}")
         if s.command:
             lines.append(f"\n```bash\n{s.command}\n```")
         return "\n".join(lines)
@@ -351,11 +359,13 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                     eager_mode = gr.Checkbox(False, label=i18n("serve.eager_mode.label"),
                                              info=i18n("serve.eager_mode.info"))
                 with gr.Row():
-                    model_name = gr.Textbox(label=i18n("serve.model_name.label"), info=i18n("serve.model_name.info"))
-                    api_keys = gr.Textbox(label=i18n("serve.api_keys.label"), info=i18n("serve.api_keys.info"),
-                                          type="password")
+                    model_name = gr.Textbox(value="", label=i18n("serve.model_name.label"),
+                                            info=i18n("serve.model_name.info"))
+                    api_keys = gr.Textbox(value="", label=i18n("serve.api_keys.label"),
+                                          info=i18n("serve.api_keys.info"), type="password")
                     host = gr.Textbox(value=default.host, label=i18n("serve.host.label"), info=i18n("serve.host.info"))
-                extra_args = gr.Textbox(label=i18n("serve.extra_args.label"), info=i18n("serve.extra_args.info"),
+                extra_args = gr.Textbox(value="", label=i18n("serve.extra_args.label"),
+                                        info=i18n("serve.extra_args.info"),
                                         placeholder=i18n("serve.extra_args.placeholder"), elem_id="serve-extra-args")
             command = gr.Code(label=i18n("serve.command.label"), language="shell", interactive=False,
                               elem_id="serve-command")
@@ -384,20 +394,26 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                     attach_key = gr.Textbox(label=i18n("serve.attach_key.label"), type="password", scale=2)
                     attach = gr.Button(i18n("serve.attach_button"), scale=1)
 
-    form = ServeForm(model_path, backend, model_format, kv_policy, cache_fraction, session_len, max_batch_size,
-                     tp, port, host, model_name, api_keys, tool_call_parser, eager_mode, extra_args)
+    form = ServeForm(
+        model_path=model_path, backend=backend, model_format=model_format, kv_policy=kv_policy,
+        cache_max_entry_count=cache_fraction, session_len=session_len, max_batch_size=max_batch_size, tp=tp,
+        port=port, host=host, model_name=model_name, api_keys=api_keys, tool_call_parser=tool_call_parser,
+        eager_mode=eager_mode, extra_args=extra_args,
+    )
+    inputs = SERVE_FORM.inputs(form)
     timer = gr.Timer(1.0)
     quiet = {"show_progress": "hidden", "concurrency_limit": None}
 
     # always_last: "Serve this" changes the model and its format at once; the last change must win.
-    gr.on([c.change for c in form.inputs()], handlers.preview_command, form.inputs(), [command, form_status],
-          api_name="preview_command", trigger_mode="always_last", **quiet)
+    gr.on([c.change for c in inputs], SERVE_FORM.bind(handlers.preview_command), inputs, [command, form_status],
+          api_name="preview_command", trigger_mode="always_last", **forms.RAW_INPUTS, **quiet)
     model_path.change(handlers.suggest_parser, [model_path, tool_call_parser], tool_call_parser,
                       api_visibility="private", **quiet)
-    refresh_models.click(handlers.refresh_models, model_path, model_path, api_name="refresh_models")
+    # Rescanning fills a dropdown: a page action, not a script's (folders are listed with the choices).
+    refresh_models.click(handlers.refresh_models, model_path, model_path, api_visibility="private")
     touched = gr.Textbox(visible=False)  # the id an action returned, for scripts and to select it here
-    start.click(handlers.start_server, form.inputs(), [message, touched, port], api_name="start_server",
-                concurrency_id="server_control").then(
+    start.click(SERVE_FORM.bind(handlers.start_server), inputs, [message, touched, port], api_name="start_server",
+                concurrency_id="server_control", **forms.RAW_INPUTS).then(
         handlers.select_server, [touched, selected], selected, api_visibility="private")
     stop.click(handlers.stop_server, selected, message, api_name="stop_server", concurrency_id="server_control")
     restart.click(handlers.restart_server, selected, message, api_name="restart_server",

@@ -31,6 +31,7 @@ from webui.services.tool_loop import (
     preset,
 )
 from webui.services.tools import ToolProblem, check_tools
+from webui.ui import forms
 from webui.ui.common import as_int, locale_of
 from webui.ui.target_picker import OTHER_URL, TargetHandlers, build_target_picker, wire_target_picker
 
@@ -180,6 +181,11 @@ class ToolsHandlers:
                       system_prompt: str = "") -> dict[str, Any]:
         """Run the whole loop for scripts; `tools` is the tools list as JSON text (default: the add/mul preset).
         Manual tools are not run: the answer then lists them under "waiting". Errors come back as {"error": …}."""
+        numbers, problems = forms.convert_numbers({"max_steps": (max_steps, 5), "temperature": (temperature, 0.0),
+                                                   "max_tokens": (max_tokens, 256)})
+        if problems:
+            return {"error": {"kind": "bad_request", "message": "; ".join(
+                f"{e.field}: {self.catalog.text(e.key, 'en', **e.params)}" for e in problems)}}
         try:
             checked, choice, endpoint = self.prepare(tools or json.dumps(preset("add_mul")[0]), tool_choice,
                                                      "url" if base_url else server_id, base_url, api_key, model, "en")
@@ -187,8 +193,8 @@ class ToolsHandlers:
             kind = "bad_request" if exc.kind == "bad_choice" else exc.kind
             return {"error": {"kind": kind, "message": exc.message}}
         run = new_run(prompt, system_prompt)
-        params = SamplingParams(temperature=float(temperature), max_tokens=int(max_tokens))
-        for _ in self.loop.run(endpoint, run, checked, choice, params, int(max_steps)):
+        params = SamplingParams(temperature=numbers["temperature"], max_tokens=numbers["max_tokens"])
+        for _ in self.loop.run(endpoint, run, checked, choice, params, numbers["max_steps"]):
             pass
         return run.as_dict()
 

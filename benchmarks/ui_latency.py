@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import psutil
@@ -58,9 +59,10 @@ SERVER_FINAL = frozenset({"STOPPED", "FAILED", "LOST"})
 WORKING_PHASES = frozenset({"calibrate", "smooth", "quantize"})
 # Runs for many minutes on 2 cores: search-scale AWQ of the tiny model, calibrated on the sample corpus that
 # ships with Python. Every submitted job is the same, so the ones cancelled while running are real jobs too.
-LONG_JOB = dict(output_dir="", calib_source="sample", calib_dataset="wikitext2", calib_paths="", text_field="text",
-                calib_samples=128, calib_seqlen=512, batch_size=1, w_bits=4, w_group_size=128, w_sym=False,
-                search_scale=True, dtype="auto", device="cpu", trust_remote_code=False)
+LONG_JOB = MappingProxyType(dict(
+    output_dir="", calib_source="sample", calib_dataset="wikitext2", calib_paths="", text_field="text",
+    calib_samples=128, calib_seqlen=512, batch_size=1, w_bits=4, w_group_size=128, w_sym=False, search_scale=True,
+    dtype="auto", device="cpu", trust_remote_code=False))
 
 
 @dataclass
@@ -160,28 +162,28 @@ class Bench:
         return job
 
     def running_job(self) -> str:
-        return next((j.id for j in self.services.jobs.list() if j.state == "RUNNING"), "")
+        return next((j.id for j in self.services.jobs.snapshots() if j.state == "RUNNING"), "")
 
     def keep_cpu_busy(self, timeout: float = 300) -> str:
         """The id of the job running on the CPU device (one is submitted if none runs or waits)."""
-        if not self.running_job() and not any(j.state == "QUEUED" for j in self.services.jobs.list()):
+        if not self.running_job() and not any(j.state == "QUEUED" for j in self.services.jobs.snapshots()):
             self.submit()
         deadline = time.monotonic() + timeout
         while not (job_id := self.running_job()):
             if time.monotonic() > deadline:
-                raise SystemExit(f"no job running after {timeout:.0f} s: {self.services.jobs.list()}")
+                raise SystemExit(f"no job running after {timeout:.0f} s: {self.services.jobs.snapshots()}")
             time.sleep(0.05)
         return job_id
 
     def clean_up(self) -> None:
         try:
-            for job in self.services.jobs.list():
+            for job in self.services.jobs.snapshots():
                 if job.state not in JOB_FINAL:
                     self.services.jobs.cancel(job.id)
-            for server in self.services.servers.list():
+            for server in self.services.servers.snapshots():
                 if server.owned and server.state not in SERVER_FINAL:
                     self.services.servers.stop(server.id)
-            for server in self.services.servers.list():
+            for server in self.services.servers.snapshots():
                 if server.owned:
                     self.services.servers.wait_for(server.id, set(SERVER_FINAL), 30)
         finally:
@@ -191,9 +193,8 @@ class Bench:
             self.end_leftovers()
 
     def end_leftovers(self) -> None:
-        """Processes of this run still alive after the clean-up: the console lost track of them."""
-        left = [p for p in psutil.Process().children(recursive=True) if p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE]
+        """Processes of this run still alive 10 s after the clean-up: the console lost track of them."""
+        _, left = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=10)
         for proc in left:
             try:
                 self.anomalies.append(f"left running after the clean-up, ended here: pid {proc.pid} "

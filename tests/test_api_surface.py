@@ -158,7 +158,7 @@ def test_bad_values_are_refused_by_field(client, model_root: Path) -> None:  # n
         status, command = api.predict(**{**quantize, **change}, api_name="/preflight_quantize")
         assert command == "" and f"**{label}**" in status and words in status, (change, status[:300])
 
-    assert services.servers.list() == [] and services.jobs.list() == []  # nothing stored
+    assert services.servers.snapshots() == [] and services.jobs.snapshots() == []  # nothing stored
     assert children() <= before  # nothing spawned
 
 
@@ -245,7 +245,7 @@ def test_the_readme_example_runs_as_written(client, model_root: Path, calibratio
     finally:
         if isinstance(namespace.get("console"), Client):
             namespace["console"].close()
-        for job in services.jobs.list():  # the job calibrates for a while; the example does not wait for it
+        for job in services.jobs.snapshots():  # the job calibrates for a while; the example does not wait for it
             if job.state in ("QUEUED", "RUNNING"):
                 services.jobs.cancel(job.id)
     assert {name for name, _, _ in recorded} == set(re.findall(r'api_name="(/\w+)"', code))  # every call ran
@@ -253,7 +253,7 @@ def test_the_readme_example_runs_as_written(client, model_root: Path, calibratio
     assert not failed, failed
     deadline = time.monotonic() + 30
     server_id = namespace["server_id"]
-    while next(s for s in services.servers.list() if s.id == server_id).state != "STOPPED":
+    while next(s for s in services.servers.snapshots() if s.id == server_id).state != "STOPPED":
         assert time.monotonic() < deadline
         time.sleep(0.1)
 

@@ -115,7 +115,7 @@ def test_a_broken_row_is_reported_once_and_never_stops_the_others(settings: Sett
         time.sleep(1.5)  # 15 monitor ticks
         errors = [e for e in services.store.events("future01") if e.kind == "server_monitor_error"]
         assert len(errors) == 1, errors
-        assert [s.id for s in services.servers.list()] == [healthy.id]  # the unreadable row is left out
+        assert [s.id for s in services.servers.snapshots()] == [healthy.id]  # the unreadable row is left out
     finally:
         services.close()
 
@@ -281,7 +281,7 @@ def test_bad_values_are_refused_before_anything_is_stored(settings: Settings, mo
             outcome = services.jobs.submit(spec)
             assert outcome.job is None and [e.key for e in outcome.errors] == [key], outcome.errors
         assert psutil.Process().children(recursive=True) == before
-        assert services.servers.list() == [] and services.jobs.list() == []
+        assert services.servers.snapshots() == [] and services.jobs.snapshots() == []
     finally:
         services.close()
 
@@ -311,7 +311,7 @@ def test_an_output_folder_that_cannot_be_written_is_named(settings: Settings, mo
         assert [e.key for e in outcome.errors] == ["errors.output_unwritable"]
         assert outcome.errors[0].params["errno"] in ("EACCES", "EPERM", "EROFS")
         assert outcome.errors[0].params["path"] == str(unwritable_dir) and outcome.errors[0].params["reason"]
-        assert services.jobs.list() == []
+        assert services.jobs.snapshots() == []
     finally:
         services.close()
 

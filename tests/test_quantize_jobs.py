@@ -144,7 +144,7 @@ def test_bad_input_spawns_nothing_and_keeps_history(services: Services, model: s
     assert outcome.job is None
     assert {e.field for e in outcome.errors} == {"w_group_size", "output_dir"}
     assert psutil.Process().children(recursive=True) == before
-    assert [j.id for j in services.jobs.list()] == [ok.id]
+    assert [j.id for j in services.jobs.snapshots()] == [ok.id]
 
 
 def test_jobs_survive_a_console_restart(settings: Settings, model: str) -> None:

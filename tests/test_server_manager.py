@@ -86,7 +86,7 @@ def test_bad_spec_spawns_nothing_and_keeps_history(fake_services: Services, mode
     assert outcome.server is None
     assert {e.field for e in outcome.errors} == {"port", "cache_max_entry_count"}
     assert psutil.Process().children(recursive=True) == before
-    assert [s.id for s in manager.list()] == [first.id]
+    assert [s.id for s in manager.snapshots()] == [first.id]
 
 
 def test_restart_keeps_the_id_and_gets_ready_again(fake_services: Services, model_root: Path) -> None:

@@ -72,7 +72,7 @@ class AwqProgress:
         if PHASES.index(phase) >= PHASES.index(self.phase):
             self.phase = phase
         if "layer" in event:
-            done = int(event["layer"]) + 1  # type: ignore[arg-type]
+            done = int(str(event["layer"])) + 1
             self.layer_done[phase] = max(self.layer_done.get(phase, 0), done)
         if "gpu_gb" in event:
             self.gpu_gb = max(self.gpu_gb, float(event["gpu_gb"]))  # type: ignore[arg-type]

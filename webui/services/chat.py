@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2 as httpx  # the transport of openai 3; its errors surface from a stream
 import openai
@@ -22,6 +22,10 @@ import openai
 from webui.services.serve import ServerManager, normalize_base_url
 from webui.services.serve_spec import FieldError
 from webui.services.tools import ToolCallAssembler
+
+if TYPE_CHECKING:
+    from openai import Stream
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 TOOL_PARSER_MESSAGE = "--tool-call-parser"
 CLIENT_CACHE = 16
@@ -252,8 +256,9 @@ class ChatService:
             with self._lock:
                 if request_id in self._cancelled:
                     raise ChatError("cancelled", "stopped before it started")
-            stream = self._client(endpoint.base_url, endpoint.api_key).chat.completions.create(
-                model=endpoint.model, messages=messages, stream=True, **kwargs)
+            stream = cast("Stream[ChatCompletionChunk]", self._client(endpoint.base_url, endpoint.api_key)
+                          .chat.completions.create(model=endpoint.model, messages=cast(Any, messages), stream=True,
+                                                   **kwargs))
             with self._lock:
                 self._open[request_id] = stream
                 cancelled = request_id in self._cancelled
@@ -329,8 +334,8 @@ class ChatService:
         # One retry: a connection that a server broke off just before may still sit in the pool.
         client = self._client(endpoint.base_url, endpoint.api_key).with_options(max_retries=1)
         try:
-            reply = client.chat.completions.create(
-                model=endpoint.model, messages=messages, stream=False, **kwargs)
+            reply = cast("ChatCompletion", client.chat.completions.create(
+                model=endpoint.model, messages=cast(Any, messages), stream=False, **kwargs))
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             raise classify(exc, endpoint.base_url) from exc
         seconds = time.perf_counter() - started
@@ -420,10 +425,11 @@ def classify(exc: BaseException, base_url: str) -> ChatError:
 def _broken_off(exc: BaseException) -> bool:
     """The server accepted the connection and closed it without a (whole) response: it is up, but it
     could not serve this request (unlike a refused connection, which means it is down)."""
-    while exc is not None:
-        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, (httpx.RemoteProtocolError, httpx.ReadError)):
             return True
-        exc = exc.__cause__
+        current = current.__cause__
     return False
 
 

@@ -14,6 +14,7 @@ whatever one token costs.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -31,7 +32,7 @@ KV_SCALED = frozenset({8, 4})
 GPU_SIZES_MIB = MappingProxyType({"24 GB (A100 slice)": 24_576, "40 GB (A100 40G)": 40_960, "80 GB (H100 80G)": 81_559,
                  "141 GB (H200)": 143_771})
 # config.json essentials of models the console's users run (from their published configs).
-PRESETS: dict[str, dict[str, Any]] = MappingProxyType({
+PRESETS: Mapping[str, dict[str, Any]] = MappingProxyType({
     "InternLM2.5 1.8B": {"architectures": ["InternLM2ForCausalLM"], "num_hidden_layers": 24, "hidden_size": 2048,
                          "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 8,
                          "vocab_size": 92544, "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
@@ -186,7 +187,10 @@ def plan(spec: PlanInput) -> Plan:
                 problems=tuple(problems))
 
 
-def sweep(spec: PlanInput, fractions: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20)),
+SWEEP_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def sweep(spec: PlanInput, fractions: tuple[float, ...] = SWEEP_FRACTIONS,
           policies: tuple[int, ...] = (0, 8, 4)) -> list[dict[str, Any]]:
     """Predicted total memory and token capacity against the fraction, for each KV policy (the planner chart)."""
     rows = []

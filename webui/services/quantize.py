@@ -138,7 +138,7 @@ class JobManager:
     def preview(self, checked: CheckedAwq) -> str | None:
         return cli_preview(checked)
 
-    def list(self) -> list[JobSnapshot]:
+    def snapshots(self) -> list[JobSnapshot]:
         records = self._store.list_jobs()
         queue = self._queue(records)
         return [self._snapshot(r, queue) for r in records]
@@ -244,7 +244,7 @@ class JobManager:
         """Queue position per queued job (1 = next), in submission order per device."""
         positions: dict[str, int] = {}
         per_resource: dict[str, int] = {}
-        for r in sorted(records, key=lambda r: r.created_at):
+        for r in sorted(records, key=lambda rec: rec.created_at):
             if r.state == JobState.QUEUED:
                 per_resource[r.resource] = per_resource.get(r.resource, 0) + 1
                 positions[r.id] = per_resource[r.resource]

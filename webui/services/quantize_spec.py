@@ -207,7 +207,7 @@ def read_calibration_text(files: tuple[str, ...] | list[str], text_field: str) -
                 try:
                     row = json.loads(line)
                 except ValueError as exc:
-                    raise ValueError(f"{path.name} line {number}: not JSON ({exc.msg})") from exc
+                    raise ValueError(f"{path.name} line {number}: not JSON ({exc})") from exc
                 value = row.get(text_field) if isinstance(row, dict) else None
                 if not isinstance(value, str):
                     raise ValueError(f"{path.name} line {number}: no string field {text_field!r}")

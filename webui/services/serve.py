@@ -196,7 +196,7 @@ class ServerManager:
         resolved = self._roots.resolve(spec.model_path)
         return command_preview(spec, str(resolved) if isinstance(resolved, Path) else None)
 
-    def list(self) -> list[ServerSnapshot]:
+    def snapshots(self) -> list[ServerSnapshot]:
         """Every server the console knows; a row it cannot read (written by a newer version?) is left out."""
         active = self._store.get_pref(ACTIVE_PREF)
         snapshots = []

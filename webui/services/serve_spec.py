@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import socket
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -73,7 +75,7 @@ FORM_FLAGS = frozenset({
 })
 # Other `lmdeploy serve api_server` options (0.18.0 --help) that may be passed through, with whether
 # they take a value. Anything else is refused before a process is started.
-EXTRA_FLAGS: dict[str, bool] = MappingProxyType({
+EXTRA_FLAGS: Mapping[str, bool] = MappingProxyType({
     "--allow-origins": True, "--allow-credentials": False, "--allow-methods": True, "--allow-headers": True,
     "--proxy-url": True, "--max-concurrent-requests": True, "--allowed-media-domains": True, "--ssl": False,
     "--max-log-len": True, "--disable-fastapi-docs": False, "--allow-terminate-by-client": False,
@@ -143,7 +145,7 @@ class FieldError:
 
     field: str
     key: str
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ user types the result. Every step is recorded so the UI can show the raw text, t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -44,7 +44,7 @@ WEATHER = json.dumps([
             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
 ])
 # name → (tools, the prompt that shows them off)
-PRESETS: dict[str, tuple[str, str]] = MappingProxyType({
+PRESETS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "add_mul": (ADD_MUL, "Compute (3+5)*2"),
     "calculator": (CALCULATOR, "What is 17 * 23 + 4?"),
     "weather": (WEATHER, "What's the weather like in Shanghai today?"),
@@ -152,7 +152,7 @@ class ToolLoop:
                     yield run
                     return
                 run.live_text = final.content
-            calls, stats = final.tool_calls, final.stats.as_dict()
+            calls, stats = final.tool_calls, final.stats.as_dict() if final.stats else {}
             text, run.live_text = run.live_text, ""
             run.steps.append({"type": "model", "step": run.model_calls, "raw": text, "tool_calls": calls,
                               "tool_choice": choice if isinstance(choice, str) else choice["function"]["name"],

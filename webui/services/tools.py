@@ -8,7 +8,7 @@ import ast
 import json
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -23,11 +23,11 @@ MAX_EXPRESSION = 200
 MAX_EXPONENT = 64
 MAX_MAGNITUDE = 1e300
 
-BINARY = MappingProxyType({
+BINARY: Mapping[type, Callable[[Any, Any], Any]] = MappingProxyType({
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
 })
-UNARY = MappingProxyType({ast.UAdd: operator.pos, ast.USub: operator.neg})
+UNARY: Mapping[type, Callable[[Any], Any]] = MappingProxyType({ast.UAdd: operator.pos, ast.USub: operator.neg})
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def _two_numbers(args: dict[str, Any]) -> tuple[float | int, float | int]:
     return a, b  # type: ignore[return-value]
 
 
-BUILTINS: dict[str, Callable[[dict[str, Any]], Any]] = MappingProxyType({
+BUILTINS: Mapping[str, Callable[[dict[str, Any]], Any]] = MappingProxyType({
     "add": lambda args: _number(sum(_two_numbers(args))),
     "mul": lambda args: _number(math.prod(_two_numbers(args))),
     "calculate": lambda args: calculate(str(args.get("expression", ""))),

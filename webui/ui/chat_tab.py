@@ -27,7 +27,10 @@ from webui.ui import forms
 from webui.ui.common import as_int, format_errors, locale_of
 from webui.ui.target_picker import TargetHandlers, build_target_picker, wire_target_picker
 
-EMPTY_STATE: dict[str, Any] = {"messages": [], "stats": [], "request_id": ""}
+
+def empty_state() -> dict[str, Any]:
+    """A new conversation's state: fresh lists each time (a shared module-level dict would leak between users)."""
+    return {"messages": [], "stats": [], "request_id": ""}
 
 
 def sampling(temperature: float, top_p: float, max_tokens: float | None, top_k: float | None,
@@ -106,7 +109,7 @@ class ChatHandlers:
         return shown, {"messages": messages, "stats": stats, "request_id": self.chat.new_request_id()}
 
     def clear(self) -> tuple[list[dict[str, Any]], dict[str, Any], str, str]:
-        return [], dict(EMPTY_STATE), "", ""
+        return [], empty_state(), "", ""
 
     def stats_table(self, state: dict[str, Any]) -> str:
         """The numbers of every reply so far, newest last."""
@@ -167,7 +170,7 @@ class ChatHandlers:
 
 def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18n) -> gr.Dropdown:
     """Lay out the tab and wire its events; returns the target dropdown (refreshed when the tab opens)."""
-    state = gr.State(dict(EMPTY_STATE))
+    state = gr.State(empty_state())
     picker = build_target_picker(i18n, "chat")
     with gr.Row():
         with gr.Column(scale=3):

@@ -7,6 +7,7 @@ import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
@@ -23,7 +24,7 @@ from webui.services.serve_spec import KV_POLICIES
 from webui.ui import forms
 from webui.ui.common import as_int, locale_of, short_model
 
-POLICY_NAMES = {0: "none (fp16)", 8: "int8", 4: "int4"}
+POLICY_NAMES = MappingProxyType({0: "none (fp16)", 8: "int8", 4: "int4"})
 COLORS = ("#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d")
 DETECTED = "detected"
 
@@ -193,7 +194,7 @@ class MemoryHandlers:
     # predicted against measured ----------------------------------------------------------------------
     def ready_servers(self, current: str | None) -> gr.Dropdown:
         ready = [(f"{s.id} · {short_model(s.model_id)} · {s.kv_policy} · {s.cache_max_entry_count}", s.id)
-                 for s in self.servers.list() if s.owned and s.state == "READY"]
+                 for s in self.servers.snapshots() if s.owned and s.state == "READY"]
         ids = [i for _, i in ready]
         return gr.Dropdown(choices=ready, value=current if current in ids else (ids[0] if ids else None))
 

@@ -198,7 +198,7 @@ class QuantizeHandlers:
         t = self.catalog.text
         columns = [t(f"quantize.col.{c}", locale) for c in ("id", "state", "model", "settings", "progress", "time")]
         rows = []
-        for j in self.jobs.list():
+        for j in self.jobs.snapshots():
             state = t(f"quantize.state.{j.state}", locale)
             if j.queue_position:
                 state += f" #{j.queue_position}"
@@ -227,7 +227,7 @@ class QuantizeHandlers:
     def load_page(self, job_id: str | None, request: gr.Request) -> tuple[
         gr.Dropdown, pd.DataFrame, gr.Dropdown, str, str
     ]:
-        jobs = self.jobs.list()
+        jobs = self.jobs.snapshots()
         running = [j for j in jobs if j.state in ACTIVE_STATES]
         selected = job_id or (running[0].id if running else (jobs[0].id if jobs else None))
         table, choices, detail, log = self.refresh(selected, request)
@@ -236,7 +236,7 @@ class QuantizeHandlers:
     # scripting -----------------------------------------------------------------------------------
     def list_jobs_api(self) -> list[dict]:
         """Every job as a JSON object: state, phase, layer k/N, fraction, timings, result."""
-        return [j.as_dict() for j in self.jobs.list()]
+        return [j.as_dict() for j in self.jobs.snapshots()]
 
     def job_progress_api(self, job_id: str) -> dict:
         """One job's progress and result as a JSON object (empty if the id is unknown)."""
@@ -245,7 +245,7 @@ class QuantizeHandlers:
 
     # helpers -------------------------------------------------------------------------------------
     def _job_choices(self, selected: str | None) -> gr.Dropdown:
-        jobs = self.jobs.list()
+        jobs = self.jobs.snapshots()
         ids = {j.id for j in jobs}
         choices = [(f"{j.id} · {j.state} · {short_model(j.model_path)}", j.id) for j in jobs]
         return gr.Dropdown(choices=choices, value=selected if selected in ids else (jobs[0].id if jobs else None))

@@ -201,7 +201,7 @@ class ServeHandlers:
         locale = locale_of(request)
         t = self.catalog.text
         rows = []
-        for s in self.manager.list():
+        for s in self.manager.snapshots():
             config = (
                 f"{s.backend} · KV {s.kv_policy} · {s.cache_max_entry_count:g} · tp {s.tp}"
                 if s.owned else t("serve.msg.attached_config", locale)
@@ -250,7 +250,7 @@ class ServeHandlers:
         active = self.manager.active()
         selected = server_id or (active.id if active else None)
         if selected is None:
-            servers = self.manager.list()
+            servers = self.manager.snapshots()
             selected = servers[0].id if servers else None
         table, choices, detail, log = self.refresh(selected, request)
         return self.refresh_models(None), self.manager.suggest_port(), table, choices, detail, log
@@ -258,7 +258,7 @@ class ServeHandlers:
     # scripting -----------------------------------------------------------------------------------
     def list_servers_api(self) -> list[dict]:
         """Every server as a JSON object (state, model id, base URL, timings, hint); API keys never included."""
-        return [s.as_dict() for s in self.manager.list()]
+        return [s.as_dict() for s in self.manager.snapshots()]
 
     def server_log_api(self, server_id: str, lines: int = 200) -> str:
         """The last `lines` lines of a server's log."""
@@ -270,7 +270,7 @@ class ServeHandlers:
 
     # helpers -------------------------------------------------------------------------------------
     def _server_choices(self, selected: str | None) -> gr.Dropdown:
-        servers = self.manager.list()
+        servers = self.manager.snapshots()
         choices = [(f"{s.id} · {s.state} · {short_model(s.model_id) or s.base_url}", s.id) for s in servers]
         ids = {s.id for s in servers}
         value = selected if selected in ids else (servers[0].id if servers else None)

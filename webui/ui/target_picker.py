@@ -38,7 +38,7 @@ class TargetHandlers:
         self.catalog = catalog
 
     def choices(self) -> list[tuple[str, str]]:
-        ready = [s for s in self.servers.list() if s.state == "READY"]
+        ready = [s for s in self.servers.snapshots() if s.state == "READY"]
         ready.sort(key=lambda s: not s.active)
         return [(f"{'★ ' if s.active else ''}{s.id} · {short_model(s.model_id)} · {s.base_url}", s.id)
                 for s in ready]

@@ -14,7 +14,10 @@ On a CUDA machine with LMDeploy (pytorch backend; TurboMind is not exercised her
 4. chats through the Chat service and through a direct `openai` client side by side (TTFT, tokens/s,
    32 concurrent streams), and sends tools to the servers without and with --tool-call-parser;
 5. drops the console's services while a server runs, builds them again from the same state folder and
-   checks that the server is re-attached.
+   checks that the server is re-attached;
+6. stops every server through the monitor's events: the stop call returns at once, STOPPED follows, and the
+   "memory released" event is checked against a fresh NVML reading; finally two servers run at once and the
+   console's shutdown stops them in parallel.
 Writes report.json, summary.md and the sampled memory history (memory.csv) to OUTPUT_DIR and prints the
 summary table last. Each check passes or fails on its own; exits 1 if any fails.
 """
@@ -190,6 +193,36 @@ def stop_checks(services: Services, checks: Checks, label: str, server_id: str, 
                f"{stop['device_used_after_mib']:,.0f} MiB (before stop {stop['device_used_before_mib']:,.0f}, idle "
                f"{idle_mib:,.0f}), server pids still listed: {stop['pids_still_listed'] or 'none'}", "<= 5 s, honest")
     return stop
+
+
+def parallel_shutdown(services: Services, model: Path, idle_mib: float, checks: Checks) -> dict[str, Any]:
+    """Two servers on the GPU at once, then the console's own shutdown: both are signalled together and waited
+    for together, so it takes one server's stop time, not the sum; the GPU is idle again afterwards."""
+    first = services.servers.start(ServerSpec(model_path=str(model), backend="pytorch", cache_max_entry_count=0.3,
+                                              port=suggest_port(23733))).server
+    second = services.servers.start(ServerSpec(model_path=str(model), backend="pytorch", cache_max_entry_count=0.3,
+                                               port=suggest_port(23833))).server
+    if first is None or second is None:
+        checks.add("shutdown stops servers in parallel", False, "a server was refused")
+        return {}
+    states = [services.servers.wait_for(s.id, {"READY", "FAILED", "LOST"}, 300).state for s in (first, second)]
+    pids = tree_pids(services, first.id) + tree_pids(services, second.id)
+    before = device_used_mib(services)
+    t0 = time.monotonic()
+    services.close()
+    took = time.monotonic() - t0
+    probe = GpuProbe()
+    deadline = time.monotonic() + 10
+    while probe.devices()[0].used_bytes / MIB > idle_mib + 256 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = probe.devices()[0].used_bytes / MIB
+    probe.close()
+    gone = not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    ok = states == ["READY", "READY"] and gone and after <= idle_mib + 256 and took < 5.0
+    checks.add("shutdown stops servers in parallel", ok,
+               f"2 servers ({', '.join(states)}), {before:,.0f} MiB: console shutdown took {took:.2f} s; processes "
+               f"gone: {gone}; GPU then {after:,.0f} MiB (idle {idle_mib:,.0f})", "< 5 s, both stopped")
+    return {"states": states, "shutdown_s": took, "before_mib": before, "after_mib": after, "gone": gone}
 
 
 def sampler_cpu(seconds: float = 10.0, hz: float = 4.0) -> dict[str, Any]:
@@ -386,6 +419,7 @@ def main() -> int:
         samples = history.count("\n") - 1
         checks.add("Memory service sampled the whole run, with event markers", samples > 100 and len(events) >= 8,
                    f"{samples} samples over {time.time() - started:.0f} s, {len(events)} events")
+        report["shutdown"] = parallel_shutdown(services, model, idle, checks)
     finally:
         services.close()
         for log in sorted(settings.log_dir.glob("server-*.log")):

@@ -65,10 +65,14 @@ def test_a_real_api_server_is_ready_answers_and_gives_its_memory_back(tmp_path: 
         assert f"server {server.id}" in owners
         compared = services.memory.compare_server(server.id)
         assert abs(compared["error_percent"]["blocks"]) < 5
-        services.servers.stop(server.id)
-        deadline = time.monotonic() + 5
-        while services.gpu.devices()[0].used_bytes > idle + (256 << 20) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        asked = time.monotonic()
+        assert services.servers.stop(server.id).state == "STOPPING"
+        assert time.monotonic() - asked < 0.5  # the call signals and returns
+        assert services.servers.wait_for(server.id, {"STOPPED"}, 15).state == "STOPPED"
+        assert services.servers.wait_for_event(server.id, {"memory_released", "memory_not_released"},
+                                               30) == "memory_released"
+        # The event is only recorded once a fresh reading shows the memory back: so does ours, right after.
         assert services.gpu.devices()[0].used_bytes <= idle + (256 << 20)
+        assert not {p.pid for p in services.gpu.process_memory()} & set(ready.pid and [ready.pid] or [])
     finally:
         services.close()

@@ -12,6 +12,7 @@ import pytest
 
 from webui.services.chat import SamplingParams
 from webui.services.container import Services
+from webui.services.lifecycle import handle_of
 from webui.services.gpu import GpuProbe, GpuSampler
 from webui.services.serve_spec import ServerSpec, suggest_port
 from webui.settings import Settings
@@ -65,6 +66,8 @@ def test_a_real_api_server_is_ready_answers_and_gives_its_memory_back(tmp_path: 
         assert f"server {server.id}" in owners
         compared = services.memory.compare_server(server.id)
         assert abs(compared["error_percent"]["blocks"]) < 5
+        record = services.store.get_server(server.id)
+        tree = {p.pid for p in services.supervisor.tree(handle_of(record.pid, record.create_time, record.log_path))}
         asked = time.monotonic()
         assert services.servers.stop(server.id).state == "STOPPING"
         assert time.monotonic() - asked < 0.5  # the call signals and returns
@@ -73,6 +76,6 @@ def test_a_real_api_server_is_ready_answers_and_gives_its_memory_back(tmp_path: 
                                                30) == "memory_released"
         # The event is only recorded once a fresh reading shows the memory back: so does ours, right after.
         assert services.gpu.devices()[0].used_bytes <= idle + (256 << 20)
-        assert not {p.pid for p in services.gpu.process_memory()} & set(ready.pid and [ready.pid] or [])
+        assert not tree & {p.pid for p in services.gpu.process_memory()}
     finally:
         services.close()

@@ -12,8 +12,8 @@ import pytest
 
 from webui.services.chat import SamplingParams
 from webui.services.container import Services
-from webui.services.lifecycle import handle_of
 from webui.services.gpu import GpuProbe, GpuSampler
+from webui.services.lifecycle import handle_of
 from webui.services.serve_spec import ServerSpec, suggest_port
 from webui.settings import Settings
 

@@ -215,3 +215,27 @@ def test_the_size_estimate_is_the_planners_and_search_scale_time_grows_with_the_
     assert planned.weights_bytes == smooth.estimates.size_after_bytes
     assert search.estimates.seconds > 10 * smooth.estimates.seconds
     assert search.estimates.seconds > 20 * 60  # measured: still on layer 1 of 4 after 20 minutes
+
+
+def test_token_counts_are_remembered_per_text_and_tokenizer(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from webui.services import quantize_spec
+
+    calls: list[int] = []
+    real = quantize_spec.count_tokens
+
+    def counting(model_dir: Path, text: str) -> tuple[int, bool]:
+        calls.append(len(text))
+        return real(model_dir, text)
+
+    monkeypatch.setattr(quantize_spec, "count_tokens", counting)
+    counter = quantize_spec.TokenCounter(size=2)
+    text = "hello world " * 2000
+    first = counter(model, text)
+    assert first == real(model, text) and first[1] is True  # exact, with the model's own tokenizer
+    assert counter(model, text) == first and len(calls) == 1  # the same text is not tokenized again
+    other = counter(model, text + "more")
+    assert other[0] > first[0] and len(calls) == 2
+    counter(model, "third text")
+    assert len(counter._seen) == 2  # bounded: the oldest was dropped
+    counter(model, text)
+    assert len(calls) == 4

@@ -30,6 +30,7 @@ from webui.services.quantize_spec import (
     SAFE_NAME,
     AwqSpec,
     CheckedAwq,
+    TokenCounter,
     check_awq,
     cli_preview,
     hub_reachable,
@@ -114,6 +115,7 @@ class JobManager:
         self._job_argv = job_argv or (lambda job_file: worker_argv(python, job_file))
         self._lock = threading.RLock()
         self._hub_seen: tuple[float, bool] = (-HUB_RECHECK_S, False)
+        self._tokens = TokenCounter()
         self._reattach()
         self._monitor: Monitor[JobRecord] = Monitor(
             "job_monitor", self._live_jobs, self._check, lambda r: r.id, TICK_S, store, after=self._schedule)
@@ -125,7 +127,7 @@ class JobManager:
             online = self._hub_online()
         return check_awq(spec, self._roots, self._output_root, self._gpu.device_count(),
                          bf16_ok=self._gpu.bf16_supported(), hub_online=online,
-                         claimed_outputs=self._claimed_outputs())
+                         claimed_outputs=self._claimed_outputs(), token_counter=self._tokens)
 
     def _hub_online(self) -> bool:
         """Whether the hub is reachable, remembered for a minute so form edits stay quick."""

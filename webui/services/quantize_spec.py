@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -11,6 +12,8 @@ import shlex
 import shutil
 import socket
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -174,6 +177,33 @@ def hub_reachable(env: dict[str, str] | None = None, timeout: float = 2.0) -> bo
         return False
 
 
+class TokenCounter:
+    """count_tokens with a memory: the same text on the same tokenizer is counted once (the pre-flight runs on
+    every form change and on submit; the sample corpus alone takes ~0.3 s to tokenize). App-scoped, small."""
+
+    def __init__(self, size: int = 32) -> None:
+        self._size = size
+        self._seen: dict[tuple[str, float, str], tuple[int, bool]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model_dir: Path, text: str) -> tuple[int, bool]:
+        tokenizer = model_dir / "tokenizer.json"
+        try:
+            stamp = tokenizer.stat().st_mtime
+        except OSError:
+            stamp = -1.0
+        key = (str(model_dir), stamp, hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest())
+        with self._lock:
+            if key in self._seen:
+                return self._seen[key]
+        counted = count_tokens(model_dir, text)
+        with self._lock:
+            if len(self._seen) >= self._size:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[key] = counted
+        return counted
+
+
 def count_tokens(model_dir: Path, text: str) -> tuple[int, bool]:
     """Tokens in text with the model's own tokenizer.json (exact), else a bytes/4 guess (exact=False)."""
     tokenizer_file = model_dir / "tokenizer.json"
@@ -249,6 +279,7 @@ def check_awq(
     bf16_ok: bool | None = None,
     hub_online: bool | None = None,
     claimed_outputs: frozenset[str] = frozenset(),
+    token_counter: Callable[[Path, str], tuple[int, bool]] = count_tokens,
 ) -> CheckedAwq | list[FieldError]:
     """Every reason the job cannot run, or the checked job. Nothing is spawned and nothing is written here."""
     errors = too_long(("model_path", spec.model_path, MAX_PATH_CHARS), ("output_dir", spec.output_dir, MAX_PATH_CHARS),
@@ -333,7 +364,7 @@ def check_awq(
         if spec.calib_source == "files" and not errors and not text.strip():
             errors.append(FieldError("calib_files", "errors.calib_empty", {}))
         elif text and sizes_ok:
-            calib_tokens, _exact = count_tokens(resolved, text)
+            calib_tokens, _exact = token_counter(resolved, text)
             need = spec.calib_samples * spec.calib_seqlen
             if calib_tokens < need:
                 errors.append(FieldError("calib_samples", "errors.calib_too_short", {

@@ -233,7 +233,7 @@ def test_token_counts_are_remembered_per_text_and_tokenizer(model: Path, monkeyp
     first = counter(model, text)
     assert first == real(model, text) and first[1] is True  # exact, with the model's own tokenizer
     assert counter(model, text) == first and len(calls) == 1  # the same text is not tokenized again
-    other = counter(model, text + "more")
+    other = counter(model, text * 2)
     assert other[0] > first[0] and len(calls) == 2
     counter(model, "third text")
     assert len(counter._seen) == 2  # bounded: the oldest was dropped

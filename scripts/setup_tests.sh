@@ -21,7 +21,8 @@ APT_PACKAGES=(chromium fonts-noto-cjk)
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$(command -v python || command -v python3)}"
-wheelhouse="${LMDEPLOY_CONSOLE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/lmdeploy-console/wheelhouse}"
+# Unquoted on purpose: ~ expands (from the password database when HOME is unset); an assignment never splits.
+wheelhouse=${LMDEPLOY_CONSOLE_WHEELHOUSE:-${XDG_CACHE_HOME:-~/.cache}/lmdeploy-console/wheelhouse}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf '\n== %s\n' "$*"; }

@@ -4,7 +4,9 @@ Usage: python -m benchmarks.ui_latency [--runs 20] [--out DIR]
 
 It launches the real app (build_app, queued as the CLI queues it) in a temporary state folder, with the stand-in
 api_server (tests/fake_api_server.py, with an engine-like worker child) and a tiny model (tests/tiny_model.py),
-and drives it with gradio_client under the stable API names, timing each call's round trip:
+and times each call's round trip through Gradio's HTTP API under the stable API names, the way a page's request
+travels (join the event queue, read the result stream); gradio_client adds ~100 ms of its own to every call on
+this machine, so it is timed once for reference only:
 - all along, one stand-in server runs, and a search-scale AWQ job keeps the CPU device busy (should it end, the
   next queued job takes its place, or one is submitted, untimed), so jobs submitted queue behind a running one;
 - start_server x N: each a new stand-in server on a free port (READY awaited, untimed, before the next);
@@ -13,7 +15,8 @@ and drives it with gradio_client under the stable API names, timing each call's 
 - cancel_job x N: the queued ones, last first, then the last few while running: the job running at the time,
   then each next one once it is calibrating.
 Goal: every call returns within 200 ms (met when the max is within it). For reference, N reads (list_jobs) are
-timed the same way first: the round trip that any call costs on this machine under this load.
+timed the same way first (the round trip that any call costs on this machine under this load), and N more through
+gradio_client.
 With --out, ui_latency.json is written there. Whatever an action did is checked on the services; anything amiss
 (a server that never got READY, a job that was not cancelled...) is listed and the exit code is 1. At the end
 every job is cancelled, every server stopped and the app closed; a process the console lost track of is ended
@@ -54,6 +57,7 @@ GOAL_MS = 200.0
 RUNNING_CANCELS = 3  # of the N cancels, how many hit a running job (the others cancel queued ones)
 ACTIONS = ("start_server", "stop_server", "submit_quantize", "cancel_job")
 REFERENCE = "list_jobs"  # a plain read, timed the same way: the round trip's floor on this machine, not judged
+CLIENT_REFERENCE = "list_jobs via gradio_client"  # the same read through gradio_client: its own overhead
 JOB_FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "LOST"})
 SERVER_FINAL = frozenset({"STOPPED", "FAILED", "LOST"})
 WORKING_PHASES = frozenset({"calibrate", "smooth", "quantize"})
@@ -92,6 +96,41 @@ class Timings:
                 "samples_ms": [round(s, 1) for s in self.samples], "notes": self.notes}
 
 
+class HttpApi:
+    """Gradio's REST API (POST /gradio_api/call/<name>, then the event stream of the result): the path a page's
+    request takes through the event queue, without gradio_client's own overhead."""
+
+    def __init__(self, url: str, client: Client) -> None:
+        import httpx2 as httpx
+
+        self._http = httpx.Client(base_url=url, timeout=60)
+        endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        self._params = {name: endpoint["parameters"] for name, endpoint in endpoints.items()}
+
+    def predict(self, api_name: str, **kwargs: Any) -> Any:
+        data = []
+        for param in self._params[api_name]:
+            name = param["parameter_name"]
+            data.append(kwargs.pop(name) if name in kwargs else param["parameter_default"])
+        if kwargs:
+            raise TypeError(f"{api_name} has no parameters {sorted(kwargs)}")
+        event = self._http.post(f"gradio_api/call{api_name}", json={"data": data}).json()["event_id"]
+        kind = ""
+        with self._http.stream("GET", f"gradio_api/call{api_name}/{event}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ").strip()
+                elif line.startswith("data: ") and kind in ("complete", "error"):
+                    payload = json.loads(line.removeprefix("data: "))
+                    if kind == "error":
+                        raise RuntimeError(f"{api_name}: {payload}")
+                    return payload[0] if len(payload) == 1 else payload
+        raise RuntimeError(f"{api_name}: the stream ended without a result")
+
+    def close(self) -> None:
+        self._http.close()
+
+
 def timed(call: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     result = call()
@@ -114,11 +153,12 @@ class Bench:
         self.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                          **launch_kwargs)
         self.client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        self.api = HttpApi(f"http://127.0.0.1:{port}/", self.client)
         self.next_port = suggest_port(35000)
 
     # the timed calls, as a script (or the page's buttons) make them --------------------------------------
     def start_server(self) -> tuple[float, str]:
-        ms, (message, server_id, next_port) = timed(lambda: self.client.predict(
+        ms, (message, server_id, next_port) = timed(lambda: self.api.predict(
             model_path=str(self.model), backend="pytorch", model_format="auto", kv_policy="none",
             cache_max_entry_count=0.2, session_len=0, max_batch_size=0, tp=1, port=self.next_port,
             host="127.0.0.1", model_name="", api_keys="", tool_call_parser="", eager_mode=False, extra_args="",
@@ -129,19 +169,22 @@ class Bench:
         return ms, server_id
 
     def stop_server(self, server_id: str) -> float:
-        return timed(lambda: self.client.predict(server_id=server_id, api_name="/stop_server"))[0]
+        return timed(lambda: self.api.predict(server_id=server_id, api_name="/stop_server"))[0]
 
     def submit(self) -> tuple[float, str]:
-        ms, (message, job_id) = timed(lambda: self.client.predict(
+        ms, (message, job_id) = timed(lambda: self.api.predict(
             model_path=str(self.model), **LONG_JOB, api_name="/submit_quantize"))
         if not job_id:
             raise SystemExit(f"submit_quantize refused: {message}")
         return ms, job_id
 
     def cancel(self, job_id: str) -> float:
-        return timed(lambda: self.client.predict(job_id=job_id, api_name="/cancel_job"))[0]
+        return timed(lambda: self.api.predict(job_id=job_id, api_name="/cancel_job"))[0]
 
     def list_jobs(self) -> float:
+        return timed(lambda: self.api.predict(api_name="/list_jobs"))[0]
+
+    def list_jobs_with_gradio_client(self) -> float:
         return timed(lambda: self.client.predict(api_name="/list_jobs"))[0]
 
     # untimed ----------------------------------------------------------------------------------------------
@@ -188,6 +231,7 @@ class Bench:
                     self.services.servers.wait_for(server.id, set(SERVER_FINAL), 30)
         finally:
             self.client.close()
+            self.api.close()
             self.demo.close()
             self.services.close()
             self.end_leftovers()
@@ -206,13 +250,14 @@ class Bench:
 
 
 def run(bench: Bench, runs: int) -> dict[str, Timings]:
-    results = {name: Timings() for name in (*ACTIONS, REFERENCE)}
+    results = {name: Timings() for name in (*ACTIONS, REFERENCE, CLIENT_REFERENCE)}
     keep_alive = bench.start_server()[1]
     if bench.server_reaches(keep_alive, "READY", 120) != "READY":
         raise SystemExit(f"the stand-in server did not get ready: {bench.services.servers.get(keep_alive)}")
     print(f"console up; server {keep_alive} READY; job {bench.keep_cpu_busy()} running on the CPU", flush=True)
     for _ in range(runs):
         results[REFERENCE].add(bench.list_jobs())
+        results[CLIENT_REFERENCE].add(bench.list_jobs_with_gradio_client())
     print(f"{REFERENCE} (reference) median {statistics.median(results[REFERENCE].samples):.1f} ms", flush=True)
 
     started = []
@@ -262,6 +307,7 @@ def table(results: dict[str, Timings]) -> list[tuple[str, dict[str, Any]]]:
         if part.samples:
             rows.append((f"  cancel_job ({kind})", part.summary()))
     rows.append((f"{REFERENCE} (reference)", {**results[REFERENCE].summary(), "met": None}))
+    rows.append((CLIENT_REFERENCE, {**results[CLIENT_REFERENCE].summary(), "met": None}))
     return rows
 
 
@@ -293,11 +339,11 @@ def main() -> int:
             for line in bench.anomalies:
                 print(f"ANOMALY: {line}", flush=True)
     rows = table(results)
-    print(f"\n{'action':<22} {'n':>3} {'median ms':>10} {'max ms':>9} {'goal ms':>8}  met (max <= goal)")
+    print(f"\n{'action':<28} {'n':>3} {'median ms':>10} {'max ms':>9} {'goal ms':>8}  met (max <= goal)")
     for name, s in rows:
         if s["n"]:
             verdict = "-" if s["met"] is None else "met" if s["met"] else "missed"
-            print(f"{name:<22} {s['n']:>3} {s['median_ms']:>10.1f} {s['max_ms']:>9.1f} {GOAL_MS:>8.0f}  {verdict}")
+            print(f"{name:<28} {s['n']:>3} {s['median_ms']:>10.1f} {s['max_ms']:>9.1f} {GOAL_MS:>8.0f}  {verdict}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         data = {"benchmark": "ui_latency", "runs": args.runs, "goal_ms": GOAL_MS, "started_at": began,

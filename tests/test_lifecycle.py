@@ -25,7 +25,7 @@ from tests.conftest import TESTS, fake_argv_factory
 from webui.services.container import Services
 from webui.services.quantize_spec import AwqSpec
 from webui.services.serve_spec import CheckedSpec, ServerSpec, suggest_port
-from webui.services.store import ServerRecord
+from webui.services.store import JobRecord, ServerRecord
 from webui.settings import Settings
 
 TERMINAL = {"READY", "FAILED", "STOPPED", "LOST"}
@@ -120,6 +120,22 @@ def test_a_broken_row_is_reported_once_and_never_stops_the_others(settings: Sett
         services.close()
 
 
+def test_a_job_row_this_version_cannot_read_never_holds_up_the_queue(settings: Settings, model_root: Path) -> None:
+    def job_argv(job_file: Path) -> list[str]:
+        return [sys.executable, str(STAND_IN_WORKER), str(job_file), "0.1", "0"]
+
+    services = Services.build(settings, job_argv=job_argv)
+    try:
+        services.store.insert_job(JobRecord(id="future01", kind="awq", spec_json="{}", state="PAUSED",
+                                            resource="cpu", created_at=time.time() - 10))
+        job = services.jobs.submit(AwqSpec(model_path=model_of(model_root), calib_source="none", device="cpu")).job
+        assert job.state == "RUNNING"
+        assert services.jobs.wait_for(job.id, JOB_FINAL, 30).state == "SUCCEEDED"
+        assert {j.id for j in services.jobs.snapshots()} == {job.id, "future01"}  # listed as it is, not a crash
+    finally:
+        services.close()
+
+
 def test_stop_returns_at_once_and_shutdown_stops_servers_in_parallel(settings: Settings, model_root: Path) -> None:
     services = Services.build(settings, argv_factory=fake_argv_factory("--ignore-sigterm"))
     services.servers._stop_grace_s = 1.0
@@ -204,7 +220,8 @@ def test_api_keys_never_reach_the_database(settings: Settings, model_root: Path)
     assert "sk-owned-secret" in secrets.read_text()
 
 
-def test_keys_stored_by_an_earlier_version_move_to_the_secrets_file(settings: Settings) -> None:
+def test_keys_stored_by_an_earlier_version_move_to_the_secrets_file(bare_settings: Settings) -> None:
+    settings = bare_settings
     settings.state_dir.mkdir(parents=True)
     services = Services.build(settings)
     services.store.insert_server(ServerRecord(
@@ -316,7 +333,8 @@ def test_an_output_folder_that_cannot_be_written_is_named(settings: Settings, mo
         services.close()
 
 
-def test_the_database_file_is_owner_only(settings: Settings) -> None:
+def test_the_database_file_is_owner_only(bare_settings: Settings) -> None:
+    settings = bare_settings
     services = Services.build(settings)
     services.close()
     assert stat.S_IMODE(os.stat(settings.db_path).st_mode) == 0o600

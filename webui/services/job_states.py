@@ -24,6 +24,18 @@ class JobState(str, enum.Enum):
 
 
 LIVE_JOB_STATES = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING})
+_LIVE_VALUES = frozenset(s.value for s in LIVE_JOB_STATES)
+_BUSY_VALUES = frozenset({JobState.RUNNING.value, JobState.CANCELLING.value})
+
+
+def is_live_job(state: str) -> bool:
+    """Whether a stored state is queued or running; a state this version does not know is not."""
+    return state in _LIVE_VALUES
+
+
+def holds_device(state: str) -> bool:
+    """Whether a job in this stored state has a process that holds its device (running or being cancelled)."""
+    return state in _BUSY_VALUES
 
 
 @dataclass(frozen=True)

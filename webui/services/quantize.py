@@ -21,7 +21,7 @@ import psutil
 
 from webui.services.awq_progress import AwqProgress, progress_from, progress_from_log, read_events
 from webui.services.gpu import GpuProbe
-from webui.services.job_states import LIVE_JOB_STATES, JobFacts, JobState, decide_job
+from webui.services.job_states import JobFacts, JobState, decide_job, holds_device, is_live_job
 from webui.services.lifecycle import Monitor, SpawnFailure, handle_of, observe_process, spawn_safely, wait_for_state
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessHandle, ProcessSupervisor
@@ -141,9 +141,16 @@ class JobManager:
         return cli_preview(checked)
 
     def snapshots(self) -> list[JobSnapshot]:
+        """Every job; a row it cannot read (written by a newer version?) is left out, with a warning."""
         records = self._store.list_jobs()
         queue = self._queue(records)
-        return [self._snapshot(r, queue) for r in records]
+        snapshots = []
+        for record in records:
+            try:
+                snapshots.append(self._snapshot(record, queue))
+            except (ValueError, KeyError, TypeError):
+                log.warning("job row %s cannot be read; it is left out of the list", record.id, exc_info=True)
+        return snapshots
 
     def get(self, job_id: str) -> JobSnapshot | None:
         record = self._store.get_job(job_id)
@@ -240,7 +247,7 @@ class JobManager:
         return kept
 
     def _claimed_outputs(self) -> frozenset[str]:
-        return frozenset(r.output_dir for r in self._store.list_jobs() if JobState(r.state) in LIVE_JOB_STATES)
+        return frozenset(r.output_dir for r in self._store.list_jobs() if is_live_job(r.state))
 
     def _queue(self, records: list[JobRecord]) -> dict[str, int]:
         """Queue position per queued job (1 = next), in submission order per device."""
@@ -253,7 +260,7 @@ class JobManager:
         return positions
 
     def _live_jobs(self) -> list[JobRecord]:
-        return [r for r in self._store.list_jobs() if r.state in (JobState.RUNNING, JobState.CANCELLING)]
+        return [r for r in self._store.list_jobs() if holds_device(r.state)]
 
     def _handle(self, record: JobRecord) -> ProcessHandle | None:
         return handle_of(record.pid, record.create_time, record.log_path)
@@ -303,7 +310,7 @@ class JobManager:
         """Start the oldest queued job of every free device; deterministic, and quick (a spawn, no waiting)."""
         with self._lock:
             records = self._store.list_jobs()
-            busy = {r.resource for r in records if JobState(r.state) in (JobState.RUNNING, JobState.CANCELLING)}
+            busy = {r.resource for r in records if holds_device(r.state)}
             for record in sorted(records, key=lambda r: r.created_at):
                 if record.state == JobState.QUEUED and record.resource not in busy:
                     if self._start(record):
@@ -380,7 +387,7 @@ class JobManager:
     def _snapshot(self, record: JobRecord, queue: dict[str, int]) -> JobSnapshot:
         spec = AwqSpec.from_json_dict(record.spec)
         layers = record.layers
-        if JobState(record.state) in LIVE_JOB_STATES:
+        if is_live_job(record.state):
             events = read_events(record.progress_path)
             progress = (progress_from(layers, spec.data_free, events) if events
                         else progress_from_log(layers, spec.data_free, tail(record.log_path, 2000)))

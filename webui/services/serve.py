@@ -285,18 +285,18 @@ class ServerManager:
         and records "memory_released" once fresh NVML reads show its GPU memory back."""
         with self._lock:
             record = self._require(server_id)
-            state = ServerState(record.state)
+            stopping_now = record.state == ServerState.STOPPING.value
             if not record.owned:
-                if state != ServerState.STOPPED:
+                if record.state != ServerState.STOPPED.value:
                     self._store.update_server(server_id, state=ServerState.STOPPED.value, ended_at=time.time())
                     self._store.add_event(server_id, "detached")
-            elif state in LIVE_STATES and state != ServerState.STOPPING:
+            elif is_live(record.state) and not stopping_now:
                 facts = observe_process(self._supervisor, self._handle(record))
                 if facts.alive:
                     self._request_stop(record)
                 else:  # nothing to signal (it died a moment ago, or never started): say how it ended
                     self._settle(record, ServerFacts(alive=False), facts.exit_code)
-            elif state == ServerState.STOPPING and server_id in self._stopping:
+            elif stopping_now and server_id in self._stopping:
                 self._stopping[server_id].then_start = None  # a stop during a restart cancels the restart
         self._monitor.wake()
         return self._require_snapshot(server_id)

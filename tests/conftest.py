@@ -13,6 +13,7 @@ import time
 import types
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ import pytest
 
 from tests.tiny_model import build_tiny_model
 from webui.services.container import Services
+from webui.services.serve import ArgvFactory
 from webui.services.serve_spec import CheckedSpec
 from webui.settings import Settings
 
@@ -36,21 +38,49 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(root / "tiny-llama")
 
 
+MODEL_NAME = "tiny llama; echo pwned"  # spaces and shell metacharacters: argv must keep it one argument
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin"})
+
+
+def _link_or_copy(source: str, target: str) -> object:
+    """Weights are hard-linked (no test rewrites them; 33 MB a test adds up), everything else is copied, so a
+    test may edit a copy's config.json without touching the shared model."""
+    if Path(source).suffix in WEIGHT_SUFFIXES:
+        try:
+            os.link(source, target)
+            return target
+        except OSError:  # another filesystem, or links refused: a plain copy still works
+            pass
+    return shutil.copy2(source, target)
+
+
+def place_model(tiny_model_dir: Path, folder: Path, name: str = MODEL_NAME) -> Path:
+    """The tiny model as `folder/name` (cheap: see _link_or_copy); returns the model folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(tiny_model_dir, folder / name, copy_function=_link_or_copy))
+
+
 @pytest.fixture
 def model_root(tmp_path: Path, tiny_model_dir: Path) -> Path:
     """A model root holding the tiny model under a name with spaces and shell metacharacters."""
     root = tmp_path / "models"
-    root.mkdir()
-    shutil.copytree(tiny_model_dir, root / "tiny llama; echo pwned")
+    place_model(tiny_model_dir, root)
     return root
 
 
 @pytest.fixture
 def settings(tmp_path: Path, model_root: Path) -> Settings:
+    """Settings whose model root holds the tiny model (building it costs the session about 8 s, once)."""
     return Settings(
         state_dir=tmp_path / "state",
         model_roots=(model_root,),
     )
+
+
+@pytest.fixture
+def bare_settings(tmp_path: Path) -> Settings:
+    """Settings without a model, for tests that start nothing from one (they skip building the tiny model)."""
+    return Settings(state_dir=tmp_path / "state")
 
 
 def fake_argv_factory(*extra: str):
@@ -70,6 +100,37 @@ def fake_services(settings: Settings) -> Iterator[Services]:
     services = Services.build(settings, argv_factory=fake_argv_factory("--grandchild"))
     try:
         yield services
+    finally:
+        services.close()
+
+
+@dataclass(frozen=True)
+class Console:
+    """A launched console: the address Gradio reports for it, and the services behind it."""
+
+    url: str
+    services: Services
+
+
+@contextmanager
+def launched_console(settings: Settings, argv_factory: ArgvFactory | None = None) -> Iterator[Console]:
+    """Build the services and the app and launch it on loopback; Gradio picks a free port and says which.
+
+    Browser tests share one launch per module (a fixture with scope="module" around this), a test that needs
+    its own services (a READY server first, a stand-in NVML) calls it directly.
+    """
+    from webui.app import build_app  # gradio is imported by the tests that launch, not by every test
+
+    services = Services.build(settings, argv_factory=argv_factory)
+    try:
+        demo, launch_kwargs = build_app(services)
+        demo.queue()
+        _, local_url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True,
+                                      **launch_kwargs)
+        try:
+            yield Console(local_url.rstrip("/"), services)
+        finally:
+            demo.close()
     finally:
         services.close()
 

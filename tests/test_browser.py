@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from webui.app import build_app
-from webui.services.container import Services
-from webui.services.serve_spec import suggest_port
+from tests.conftest import launched_console, place_model
 from webui.settings import Settings
 
 pytestmark = pytest.mark.browser
@@ -35,22 +32,14 @@ def browser() -> Iterator[object]:
         instance.close()
 
 
-@pytest.fixture
-def console_url(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
-    """The real app with real services (lmdeploy's CLI, which fails here for want of a GPU)."""
-    root = tmp_path / "models"
-    shutil.copytree(tiny_model_dir, root / "tiny llama")
-    settings = Settings(state_dir=tmp_path / "state", model_roots=(root,))
-    services = Services.build(settings)
-    demo, launch_kwargs = build_app(services)
-    demo.queue()
-    port = suggest_port(17860)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
-    try:
-        yield f"http://127.0.0.1:{port}", root / "tiny llama"
-    finally:
-        demo.close()
-        services.close()
+@pytest.fixture(scope="module")
+def console_url(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
+    """The real app with real services (lmdeploy's CLI, which fails here for want of a GPU), launched once for
+    the module (each test opens its own page and finds what it started by what the page says)."""
+    folder = tmp_path_factory.mktemp("browser-console")
+    model = place_model(tiny_model_dir, folder / "models", "tiny llama")
+    with launched_console(Settings(state_dir=folder / "state", model_roots=(model.parent,))) as console:
+        yield console.url, model
 
 
 def test_fill_the_form_preview_start_and_see_the_state_change(browser, console_url) -> None:

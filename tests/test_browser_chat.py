@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ChatServer
+from tests.conftest import ChatServer, launched_console
 from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401 - the shared Chromium fixture
-from webui.app import build_app
-from webui.services.container import Services
 from webui.services.serve_spec import suggest_port
 from webui.settings import Settings
 
@@ -20,18 +18,11 @@ pytestmark = pytest.mark.browser
 SCREENSHOTS = os.environ.get("CONSOLE_SCREENSHOTS", "")
 
 
-@pytest.fixture
-def console(tmp_path: Path) -> Iterator[str]:
-    services = Services.build(Settings(state_dir=tmp_path / "state"))
-    demo, launch_kwargs = build_app(services)
-    demo.queue()
-    port = suggest_port(17960)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        demo.close()
-        services.close()
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One console for the module's tests that talk to the llama.cpp server by URL (they start nothing)."""
+    with launched_console(Settings(state_dir=tmp_path_factory.mktemp("chat-console") / "state")) as launched:
+        yield launched.url
 
 
 def pick_other_url(page, prefix: str, chat_server: ChatServer) -> None:
@@ -146,18 +137,14 @@ def test_tools_on_a_server_without_a_parser_offer_the_restart(browser, tmp_path:
     from tests.conftest import fake_argv_factory
     from webui.services.serve_spec import ServerSpec
 
-    services = Services.build(Settings(state_dir=tmp_path / "state", model_roots=(model_root,)),
-                              argv_factory=fake_argv_factory())
-    server = services.servers.start(ServerSpec(model_path=str(model_root / "tiny llama; echo pwned"),
-                                               port=suggest_port(31800))).server
-    assert services.servers.wait_for(server.id, {"READY", "FAILED"}, 30).state == "READY"
-    demo, launch_kwargs = build_app(services)
-    demo.queue()
-    port = suggest_port(18160)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
-    try:
+    settings = Settings(state_dir=tmp_path / "state", model_roots=(model_root,))
+    with launched_console(settings, argv_factory=fake_argv_factory()) as console:
+        services = console.services
+        server = services.servers.start(ServerSpec(model_path=str(model_root / "tiny llama; echo pwned"),
+                                                   port=suggest_port(31800))).server
+        assert services.servers.wait_for(server.id, {"READY", "FAILED"}, 30).state == "READY"
         page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1300})
-        page.goto(f"http://127.0.0.1:{port}")
+        page.goto(console.url)
         page.get_by_role("tab", name="Tools").click()
         expect(page.locator("#tools-target input")).to_have_value(re.compile(rf"★ {server.id}"), timeout=TIMEOUT_MS)
         page.locator("#tools-run").click()
@@ -170,6 +157,3 @@ def test_tools_on_a_server_without_a_parser_offer_the_restart(browser, tmp_path:
         ready = services.servers.wait_for(server.id, {"READY", "FAILED"}, 30)
         assert ready.state == "READY" and ready.tool_call_parser and "--tool-call-parser" in ready.command
         page.close()
-    finally:
-        demo.close()
-        services.close()

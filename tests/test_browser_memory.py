@@ -11,34 +11,23 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import StandInNvml
+from tests.conftest import StandInNvml, launched_console
 from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401 - the shared Chromium fixture
-from webui.app import build_app
-from webui.services.container import Services
-from webui.services.serve_spec import suggest_port
 from webui.settings import Settings
 
 pytestmark = pytest.mark.browser
 SCREENSHOTS = os.environ.get("CONSOLE_SCREENSHOTS", "")
 
 
-def launch(tmp_path: Path) -> tuple[str, object, Services]:
-    services = Services.build(Settings(state_dir=tmp_path / "state", gpu_sample_hz=4))
-    demo, launch_kwargs = build_app(services)
-    demo.queue()
-    port = suggest_port(18060)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
-    return f"http://127.0.0.1:{port}", demo, services
+def memory_settings(tmp_path: Path) -> Settings:
+    return Settings(state_dir=tmp_path / "state", gpu_sample_hz=4)
 
 
+# Each test launches its own console: the sampler reads NVML (the stand-in, or none) from the start.
 @pytest.fixture
 def console_with_gpu(tmp_path: Path, stand_in_nvml: StandInNvml) -> Iterator[tuple[str, StandInNvml]]:
-    url, demo, services = launch(tmp_path)
-    try:
-        yield url, stand_in_nvml
-    finally:
-        demo.close()
-        services.close()
+    with launched_console(memory_settings(tmp_path)) as console:
+        yield console.url, stand_in_nvml
 
 
 def test_live_memory_updates_and_the_planner_answers(browser, console_with_gpu) -> None:  # noqa: F811
@@ -74,15 +63,11 @@ def test_live_memory_updates_and_the_planner_answers(browser, console_with_gpu) 
 def test_without_a_gpu_the_tab_says_why(browser, tmp_path: Path) -> None:  # noqa: F811
     from playwright.sync_api import expect
 
-    url, demo, services = launch(tmp_path)
-    try:
+    with launched_console(memory_settings(tmp_path)) as console:
         page = browser.new_page(locale="zh-CN")
-        page.goto(url)
+        page.goto(console.url)
         page.get_by_role("tab", name="显存").click()
         expect(page.locator("#memory-status")).to_contain_text("没有可显示的 GPU", timeout=TIMEOUT_MS)
         expect(page.locator("#memory-status")).to_contain_text("NVML")
         expect(page.locator("#memory-prediction")).to_contain_text("可容纳的 token 数", timeout=TIMEOUT_MS)
         page.close()
-    finally:
-        demo.close()
-        services.close()

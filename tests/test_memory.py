@@ -84,8 +84,8 @@ def test_one_reader_for_many_viewers(stand_in_nvml: StandInNvml) -> None:
     assert stand_in_nvml.calls == sampler.reads * 2  # one memory read per GPU per tick, nothing else
 
 
-def test_without_nvidia_the_tab_says_why(settings: Settings) -> None:
-    services = Services.build(settings)  # this machine: no NVIDIA driver, so no stand-in here
+def test_without_nvidia_the_tab_says_why(bare_settings: Settings) -> None:
+    services = Services.build(bare_settings)  # this machine: no NVIDIA driver, so no stand-in here
     try:
         snapshot = services.memory.snapshot()
         assert snapshot["available"] is False and snapshot["devices"] == []

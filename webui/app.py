@@ -68,7 +68,7 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                 memory_timer, memory_open = build_memory_tab(memory, i18n)
         # Only the visible tab polls its services.
         timers = [quantize_timer, serve_timer, memory_timer]
-        quiet = {"api_visibility": "private", "show_progress": "hidden"}
+        quiet: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
         quantize_tab.select(_timers(True, False, False), None, timers, **quiet)
         serve_tab.select(_timers(False, True, False), None, timers, **quiet)
         memory_tab.select(_timers(False, False, True), None, timers, **quiet)

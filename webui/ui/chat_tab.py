@@ -25,7 +25,7 @@ from webui.services.chat import (
 )
 from webui.ui import forms
 from webui.ui.common import as_int, format_errors, locale_of
-from webui.ui.target_picker import TargetHandlers, build_target_picker, wire_target_picker
+from webui.ui.target_picker import TargetHandlers, TargetPicker, build_target_picker, wire_target_picker
 
 
 def empty_state() -> dict[str, Any]:
@@ -168,8 +168,8 @@ class ChatHandlers:
                 "messages": [*messages, {"role": "assistant", "content": reply}]}
 
 
-def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18n) -> gr.Dropdown:
-    """Lay out the tab and wire its events; returns the target dropdown (refreshed when the tab opens)."""
+def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18n) -> TargetPicker:
+    """Lay out the tab and wire its events; returns the target picker (refreshed when the tab opens)."""
     state = gr.State(empty_state())
     picker = build_target_picker(i18n, "chat")
     with gr.Row():
@@ -205,7 +205,7 @@ def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18
             export_file = gr.File(label=i18n("chat.export_file.label"), interactive=False, height=80)
 
     wire_target_picker(picker, targets, notice)
-    private = {"api_visibility": "private"}
+    private: dict[str, Any] = {"api_visibility": "private"}
     settings = [system_prompt, temperature, top_p, max_tokens, top_k, repetition_penalty, seed]
     reply_inputs = [*picker.inputs(), *settings, state, chatbot]
     reply_outputs = [chatbot, state, stats, notice]

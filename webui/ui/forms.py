@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import gradio as gr
 
@@ -27,8 +27,12 @@ from webui.services.serve_spec import FieldError
 
 V = TypeVar("V")
 R = TypeVar("R")
+# What a form's field can be shown with: each has a `change` event (Gradio declares events per component class,
+# so `Component` itself has none).
+FormInput: TypeAlias = gr.Dropdown | gr.Radio | gr.Slider | gr.Number | gr.Textbox | gr.Checkbox
 
-RAW_INPUTS = MappingProxyType({"preprocess": False})  # a form-bound event's setting: raw values reach Form.parse
+# A form-bound event's setting: raw values reach Form.parse.
+RAW_INPUTS: Mapping[str, Any] = MappingProxyType({"preprocess": False})
 RULE = "form_rule"
 PATH_MAX_BYTES = 4095  # Linux PATH_MAX less the final NUL
 NAME_MAX_BYTES = 255  # one folder or file name
@@ -118,7 +122,7 @@ class Form(Generic[V]):
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
-    def inputs(self, holder: object) -> list[gr.components.Component]:
+    def inputs(self, holder: object) -> list[FormInput]:
         """The holder's components for the form's fields, taken by name; a missing or extra one fails at build."""
         held = {f.name for f in fields(holder)} if is_dataclass(holder) else set(vars(holder))
         if held != set(self.names):

@@ -293,12 +293,13 @@ def build_memory_tab(handlers: MemoryHandlers, i18n: gr.I18n) -> tuple[gr.Timer,
         comparison = gr.Markdown(elem_id="memory-comparison")
 
     timer = gr.Timer(1.0, active=False)
-    quiet = {"show_progress": "hidden", "api_visibility": "private"}
+    quiet: dict[str, Any] = {"show_progress": "hidden", "api_visibility": "private"}
     live = [status, chart, devices, processes]
     timer.tick(handlers.refresh, window, live, concurrency_limit=None, **quiet)
     window.change(handlers.refresh, window, live, **quiet)
     export.click(handlers.export_history, window, export_file, **quiet)
-    plan_inputs = [source, weights, group_size, gpu, fraction, kv_policy, session_len, batch, tp]
+    plan_inputs: list[forms.FormInput] = [source, weights, group_size, gpu, fraction, kv_policy, session_len, batch,
+                                          tp]
     gr.on([c.change for c in plan_inputs], handlers.show_plan, plan_inputs, [prediction, sweep_plot],
           trigger_mode="always_last", **quiet)
     compare.click(handlers.compare_server, server, comparison, **quiet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -163,7 +164,9 @@ class QuantizeHandlers:
         """Queue an AWQ job; returns a message and the job id ("" if refused)."""
         locale = locale_of(request)
         if form.errors:
-            return format_errors(self.catalog, self.check(form), locale, "quantize"), ""
+            checked = self.check(form)  # a list whenever the form has errors: theirs first, then the job's
+            errors = checked if isinstance(checked, list) else form.errors
+            return format_errors(self.catalog, errors, locale, "quantize"), ""
         outcome = self.jobs.submit(form.values.to_spec())
         if outcome.job is None:
             return format_errors(self.catalog, outcome.errors, locale, "quantize"), ""
@@ -372,7 +375,7 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
     )
     inputs = QUANTIZE_FORM.inputs(form)
     preflight_fn = QUANTIZE_FORM.bind(handlers.preflight)
-    quiet = {"show_progress": "hidden", "concurrency_limit": None}
+    quiet: dict[str, Any] = {"show_progress": "hidden", "concurrency_limit": None}
     timer = gr.Timer(1.0, active=False)
     touched = gr.Textbox(visible=False)
 

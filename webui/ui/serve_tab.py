@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -402,7 +403,7 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
     )
     inputs = SERVE_FORM.inputs(form)
     timer = gr.Timer(1.0)
-    quiet = {"show_progress": "hidden", "concurrency_limit": None}
+    quiet: dict[str, Any] = {"show_progress": "hidden", "concurrency_limit": None}
 
     # always_last: "Serve this" changes the model and its format at once; the last change must win.
     gr.on([c.change for c in inputs], SERVE_FORM.bind(handlers.preview_command), inputs, [command, form_status],

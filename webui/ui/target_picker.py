@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -104,7 +105,7 @@ def build_target_picker(i18n: gr.I18n, prefix: str) -> TargetPicker:
 
 
 def wire_target_picker(picker: TargetPicker, handlers: TargetHandlers, message: gr.Markdown) -> None:
-    quiet = {"show_progress": "hidden", "api_visibility": "private"}
+    quiet: dict[str, Any] = {"show_progress": "hidden", "api_visibility": "private"}
     picker.target.change(handlers.pick_target, [picker.target, picker.base_url, picker.api_key],
                          [picker.url_row, picker.model, message], **quiet)
     gr.on([picker.list_models.click, picker.base_url.submit, picker.base_url.blur, picker.api_key.blur],

@@ -33,7 +33,13 @@ from webui.services.tool_loop import (
 from webui.services.tools import ToolProblem, check_tools
 from webui.ui import forms
 from webui.ui.common import as_int, locale_of
-from webui.ui.target_picker import OTHER_URL, TargetHandlers, build_target_picker, wire_target_picker
+from webui.ui.target_picker import (
+    OTHER_URL,
+    TargetHandlers,
+    TargetPicker,
+    build_target_picker,
+    wire_target_picker,
+)
 
 BASE_CHOICES = ("auto", "required", "none")
 
@@ -43,6 +49,13 @@ def _run_from(state: dict[str, Any] | None) -> ToolRun | None:
         return None
     return ToolRun(messages=state["messages"], steps=state["steps"], waiting=state["waiting"],
                    answer=state["answer"], error=state["error"], model_calls=state["model_calls"])
+
+
+def split_checked(checked: list[dict[str, Any]] | list[ToolProblem]
+                  ) -> tuple[list[dict[str, Any]], list[ToolProblem]]:
+    """check_tools' answer as (tools, problems), each typed: one of the two is empty."""
+    return ([t for t in checked if not isinstance(t, ToolProblem)],
+            [p for p in checked if isinstance(p, ToolProblem)])
 
 
 def _arguments(raw: str) -> str:
@@ -72,9 +85,9 @@ class ToolsHandlers:
                          ) -> tuple[str, gr.Dropdown]:
         """What is wrong (by JSON path, with the fix), or which tools run built-in and which are manual."""
         locale = locale_of(request)
-        checked = check_tools(tools_json or "")
-        if checked and isinstance(checked[0], ToolProblem):
-            return self.problems_text(checked, locale), gr.Dropdown(choices=list(BASE_CHOICES), value="auto")
+        checked, problems = split_checked(check_tools(tools_json or ""))
+        if problems:
+            return self.problems_text(problems, locale), gr.Dropdown(choices=list(BASE_CHOICES), value="auto")
         names = [t["function"]["name"] for t in checked]
         plan = ", ".join([*names, "none"]) if len(names) > 1 else ""
         lines = [f"- `{n}`: " + self.catalog.text(
@@ -99,9 +112,9 @@ class ToolsHandlers:
 
         Raises ChatError: "bad_tools" (the problems, by JSON path), "bad_choice", or the endpoint's own kinds.
         """
-        checked = check_tools(tools_json or "")
-        if checked and isinstance(checked[0], ToolProblem):
-            raise ChatError("bad_tools", self.problems_text(checked, locale))
+        checked, problems = split_checked(check_tools(tools_json or ""))
+        if problems:
+            raise ChatError("bad_tools", self.problems_text(problems, locale))
         try:
             choice = parse_tool_choice(tool_choice or "auto", checked)
         except ValueError as exc:
@@ -258,8 +271,8 @@ class ToolsHandlers:
         return gr.Row(visible=bool(snap and snap.owned)), gr.Dropdown(value=suggestion or TOOL_CALL_PARSERS[0])
 
 
-def build_tools_tab(handlers: ToolsHandlers, targets: TargetHandlers, i18n: gr.I18n) -> gr.Dropdown:
-    """Lay out the tab and wire its events; returns the target dropdown (refreshed when the tab opens)."""
+def build_tools_tab(handlers: ToolsHandlers, targets: TargetHandlers, i18n: gr.I18n) -> TargetPicker:
+    """Lay out the tab and wire its events; returns the target picker (refreshed when the tab opens)."""
     state = gr.State(None)
     picker = build_target_picker(i18n, "tools")
     first_tools, first_prompt = handlers.load_preset("add_mul")
@@ -297,7 +310,7 @@ def build_tools_tab(handlers: ToolsHandlers, targets: TargetHandlers, i18n: gr.I
                                     elem_id="tools-restart")
 
     wire_target_picker(picker, targets, outcome)
-    private = {"api_visibility": "private"}
+    private: dict[str, Any] = {"api_visibility": "private"}
     preset.change(handlers.load_preset, preset, [tools_json, prompt], **private)
     gr.on([tools_json.change], handlers.check_tools_json, [tools_json, tool_choice], [tools_status, tool_choice],
           show_progress="hidden", trigger_mode="always_last", **private)

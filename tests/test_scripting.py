@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from tests.conftest import fake_argv_factory
-from webui.app import build_app
+from tests.conftest import fake_argv_factory, launched_console
 from webui.services.container import Services
 from webui.services.serve_spec import suggest_port
 from webui.settings import Settings
@@ -18,18 +17,12 @@ from webui.settings import Settings
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[tuple[Client, Services]]:
-    services = Services.build(settings, argv_factory=fake_argv_factory())
-    demo, launch_kwargs = build_app(services)
-    demo.queue()
-    port = suggest_port(18860)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-    try:
-        yield client, services
-    finally:
-        client.close()
-        demo.close()
-        services.close()
+    with launched_console(settings, argv_factory=fake_argv_factory()) as console:
+        client = Client(console.url + "/", verbose=False)
+        try:
+            yield client, console.services
+        finally:
+            client.close()
 
 
 def wait_state(client: Client, server_id: str, state: str, timeout: float = 30) -> dict:

@@ -179,8 +179,14 @@ def test_exports_replay_and_share_without_the_key() -> None:
     assert "sk-very-secret" not in dumped
     loaded = json.loads(dumped)
     assert loaded["messages"] == messages and loaded["endpoint"]["has_api_key"] is True
-    markdown = export_markdown(messages, stats)
+    from webui.i18n.catalog import Catalog
+    from webui.ui.common import reply_numbers
+
+    catalog = Catalog.load()
+    markdown = export_markdown(messages, [reply_numbers(catalog, s, "en") for s in stats])
     assert "**user**\n\n2+2?" in markdown and "TTFT 42 ms · 31.2 tok/s · 12 + 3 tokens" in markdown
+    chinese = export_markdown(messages, [reply_numbers(catalog, s, "zh") for s in stats])
+    assert "首 token 延迟 42 ms · 31.2 token/秒 · 12 + 3 个 token" in chinese  # the UI words it, in its language
 
 
 def test_invalid_arguments_from_the_model_do_not_poison_the_history(lmdeploy_like) -> None:

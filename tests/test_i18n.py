@@ -19,6 +19,7 @@ from webui.services.serve import ServerState
 from webui.services.serve_log import HINT_PATTERNS, PHASE_KEYS
 from webui.services.serve_spec import ServerSpec
 from webui.services.tool_loop import PRESETS
+from webui.ui.memory_tab import EVENT_KINDS
 
 SOURCES = Path(__file__).resolve().parent.parent / "webui"
 KEY_LITERAL = re.compile(r"[\"']((?:[a-z0-9_]+\.)+[a-zA-Z0-9_]+)[\"']")
@@ -80,6 +81,7 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"tools.preset.{k}" for k in PRESETS}
     used |= {f"memory.problem.{k}" for k in ("fraction", "tp", "weights_do_not_fit", "no_full_session")}
     used |= {f"memory.compare_error.{k}" for k in ("unknown_server", "model_unreadable", "no_gpu")}
+    used |= {f"memory.event.{k}" for k in EVENT_KINDS}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

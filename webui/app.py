@@ -21,7 +21,7 @@ CSS = """
 .state-starting, .state-stopping { background: #fef3c7; color: #92400e; }
 .state-failed, .state-lost, .state-unreachable { background: #fee2e2; color: #991b1b; }
 .state-stopped, .state-cancelled, .state-queued { background: #e5e7eb; color: #374151; }
-.state-running { background: #fef3c7; color: #92400e; }
+.state-running, .state-cancelling { background: #fef3c7; color: #92400e; }
 .state-succeeded { background: #d1fae5; color: #065f46; }
 #quantize-detail progress { width: 40%; vertical-align: middle; }
 #quantize-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }

@@ -8,11 +8,10 @@ with a kind the UI can explain; nothing from the server is executed.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -467,39 +466,23 @@ def export_json(messages: list[dict[str, Any]], endpoint: Endpoint | None, param
                        "messages": messages, "replies": stats}, ensure_ascii=False, indent=2)
 
 
-def export_markdown(messages: list[dict[str, Any]], stats: list[dict[str, Any]]) -> str:
-    """A conversation as Markdown for a demo write-up; each assistant turn carries its numbers."""
+def export_markdown(messages: list[dict[str, Any]], notes: Sequence[str]) -> str:
+    """A conversation as Markdown for a demo write-up; each assistant turn carries its note, in order.
+
+    The notes are the replies' numbers as the UI words them (in the page's language): this layer only knows
+    the numbers (ReplyStats.as_dict).
+    """
     lines: list[str] = []
-    replies = iter(stats)
+    replies = iter(notes)
     for message in messages:
         role = message.get("role", "")
         lines.append(f"**{role}**")
         lines.append("")
         lines.append(str(message.get("content") or ""))
         if role == "assistant":
-            numbers = next(replies, None)
-            if numbers:
+            note = next(replies, None)
+            if note:
                 lines.append("")
-                lines.append(f"*{format_stats(numbers)}*")
+                lines.append(f"*{note}*")
         lines.append("")
     return "\n".join(lines).strip() + "\n"
-
-
-def format_stats(stats: dict[str, Any]) -> str:
-    """`TTFT 42 ms · 31.2 tok/s · 12 + 64 tokens` (≈ when counted from chunks)."""
-    parts = []
-    ttft = stats.get("ttft_s")
-    if ttft is not None:
-        parts.append(f"TTFT {ttft * 1000:.0f} ms")
-    tps = stats.get("tokens_per_s")
-    if tps is not None and math.isfinite(tps):
-        parts.append(f"{tps:.1f} tok/s")
-    approx = "" if stats.get("usage_reported") else "≈"
-    prompt = stats.get("prompt_tokens")
-    done = stats.get("completion_tokens", 0)
-    parts.append(f"{prompt} + {done} tokens" if prompt is not None else f"{approx}{done} tokens")
-    if stats.get("cancelled"):
-        parts.append("stopped")
-    elif stats.get("finish_reason") == "length":
-        parts.append("max tokens reached")
-    return " · ".join(parts)

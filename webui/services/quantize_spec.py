@@ -38,6 +38,7 @@ CALIB_SOURCES = ("hub", "files", "sample", "none")
 DTYPES = ("auto", "float16", "bfloat16")
 DEVICES = ("cuda", "cpu")
 W_BITS = (4, 8)
+W_GROUP_SIZES = (32, 64, 128, 256)
 # Architectures LMDeploy 0.18's AWQ knows (lmdeploy/lite/apis/calibrate.py LAYER_TYPE_MAP).
 AWQ_ARCHITECTURES = frozenset({
     "InternLM2ForCausalLM", "InternLM3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM",
@@ -305,9 +306,9 @@ def check_awq(
         if value not in allowed:
             errors.append(FieldError(name, "errors.choice", {"value": str(value),
                                                              "choices": ", ".join(map(str, allowed))}))
-    if spec.w_group_size not in (32, 64, 128, 256):
+    if spec.w_group_size not in W_GROUP_SIZES:
         errors.append(FieldError("w_group_size", "errors.choice", {"value": str(spec.w_group_size),
-                                                                   "choices": "32, 64, 128, 256"}))
+                                                                   "choices": ", ".join(map(str, W_GROUP_SIZES))}))
     else:
         for dim_name in ("hidden_size", "intermediate_size"):
             dim = int(config.get(dim_name) or 0)

@@ -20,11 +20,10 @@ from webui.services.chat import (
     SamplingParams,
     export_json,
     export_markdown,
-    format_stats,
     with_system,
 )
 from webui.ui import forms
-from webui.ui.common import as_int, format_errors, locale_of
+from webui.ui.common import as_int, format_errors, locale_of, reply_numbers
 from webui.ui.target_picker import TargetHandlers, TargetPicker, build_target_picker, wire_target_picker
 
 
@@ -67,12 +66,12 @@ class ChatHandlers:
         locale = locale_of(request)
         messages = state["messages"]
         if not messages or messages[-1]["role"] != "user" or not state.get("request_id"):
-            yield chatbot, state, self.stats_table(state), ""
+            yield chatbot, state, self.stats_table(state, locale), ""
             return
         params = sampling(temperature, top_p, max_tokens, top_k, repetition_penalty, seed)
         errors = params.check()
         if errors:
-            yield chatbot, {**state, "request_id": ""}, self.stats_table(state), format_errors(
+            yield chatbot, {**state, "request_id": ""}, self.stats_table(state, locale), format_errors(
                 self.catalog, errors, locale, "chat")
             return
         text = ""
@@ -87,10 +86,10 @@ class ChatHandlers:
                 stats = event.stats.as_dict()
                 done = {"messages": [*messages, {"role": "assistant", "content": text}],
                         "stats": [*state["stats"], stats], "request_id": ""}
-                yield [*chatbot, {"role": "assistant", "content": text}], done, self.stats_table(done), ""
+                yield [*chatbot, {"role": "assistant", "content": text}], done, self.stats_table(done, locale), ""
         except ChatError as exc:
             failed = {**state, "messages": messages[:-1], "request_id": ""}
-            yield chatbot[:-1], failed, self.stats_table(failed), self.targets.error_text(exc, locale)
+            yield chatbot[:-1], failed, self.stats_table(failed, locale), self.targets.error_text(exc, locale)
 
     def stop_reply(self, state: dict[str, Any]) -> None:
         """Close the stream in flight: the server aborts the request and frees its slot."""
@@ -111,24 +110,27 @@ class ChatHandlers:
     def clear(self) -> tuple[list[dict[str, Any]], dict[str, Any], str, str]:
         return [], empty_state(), "", ""
 
-    def stats_table(self, state: dict[str, Any]) -> str:
-        """The numbers of every reply so far, newest last."""
+    def stats_table(self, state: dict[str, Any], locale: str) -> str:
+        """The numbers of every reply so far, newest last, in the page's words."""
         if not state["stats"]:
             return ""
-        rows = [f"{i}. {format_stats(s)}" for i, s in enumerate(state["stats"], start=1)]
+        rows = [f"{i}. {reply_numbers(self.catalog, s, locale)}" for i, s in enumerate(state["stats"], start=1)]
         return "\n".join(rows[-8:])
 
     def export_conversation(self, kind: str, target: str | None, base_url: str, api_key: str, model: str | None,
                             system_prompt: str, temperature: float, top_p: float, max_tokens: float | None,
                             top_k: float | None, repetition_penalty: float, seed: float | None,
-                            state: dict[str, Any]) -> str | None:
-        """Write the conversation to a file for download (JSON to replay, Markdown to share)."""
+                            state: dict[str, Any], request: gr.Request) -> str | None:
+        """Write the conversation to a file for download (JSON to replay, Markdown to share, worded in the
+        page's language)."""
         if not state["messages"]:
             return None
         messages = with_system(state["messages"], system_prompt)
         params = sampling(temperature, top_p, max_tokens, top_k, repetition_penalty, seed)
         if kind == "md":
-            text, suffix = export_markdown(messages, state["stats"]), ".md"
+            locale = locale_of(request)
+            notes = [reply_numbers(self.catalog, s, locale) for s in state["stats"]]
+            text, suffix = export_markdown(messages, notes), ".md"
         else:
             try:
                 endpoint = self.targets.endpoint(target, base_url, api_key, model)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -36,6 +39,30 @@ def format_errors(catalog: Catalog, errors: list[FieldError] | tuple[FieldError,
         field = catalog.text(f"{prefix}.{err.field}.label", locale)
         lines.append(f"- **{field}**: {catalog.text(err.key, locale, **err.params)}")
     return f"**{catalog.text('serve.msg.errors_heading', locale)}**\n\n" + "\n".join(lines)
+
+
+def reply_numbers(catalog: Catalog, stats: Mapping[str, Any], locale: str) -> str:
+    """A reply's numbers in the page's words: `TTFT 42 ms · 31.2 tok/s · 12 + 64 tokens` (≈ when counted from
+    the stream); the services return only the numbers (ReplyStats.as_dict)."""
+    parts = []
+    ttft = stats.get("ttft_s")
+    if ttft is not None:
+        parts.append(catalog.text("chat.numbers.ttft", locale, ms=f"{ttft * 1000:.0f}"))
+    tps = stats.get("tokens_per_s")
+    if tps is not None and math.isfinite(tps):
+        parts.append(catalog.text("chat.numbers.speed", locale, tps=f"{tps:.1f}"))
+    prompt = stats.get("prompt_tokens")
+    done = stats.get("completion_tokens", 0)
+    if prompt is not None:
+        parts.append(catalog.text("chat.numbers.tokens", locale, prompt=prompt, completion=done))
+    else:
+        approx = "" if stats.get("usage_reported") else "≈"
+        parts.append(approx + catalog.text("chat.numbers.completion", locale, completion=done))
+    if stats.get("cancelled"):
+        parts.append(catalog.text("chat.numbers.stopped", locale))
+    elif stats.get("finish_reason") == "length":
+        parts.append(catalog.text("chat.numbers.length", locale))
+    return " · ".join(parts)
 
 
 def model_choices(roots: ModelRoots, current: str | None) -> gr.Dropdown:

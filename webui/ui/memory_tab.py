@@ -21,12 +21,19 @@ from webui.services.models import ModelRoots
 from webui.services.planner import GPU_SIZES_MIB, MIB, PRESETS, ModelShape, PlanInput, plan, sweep
 from webui.services.serve import ServerManager
 from webui.services.serve_spec import KV_POLICIES
+from webui.services.server_states import ServerState
 from webui.ui import forms
 from webui.ui.common import as_int, locale_of, short_model
 
-POLICY_NAMES = MappingProxyType({0: "none (fp16)", 8: "int8", 4: "int4"})
+POLICY_NAMES = MappingProxyType({number: name for name, number in KV_POLICIES.items()})
 COLORS = ("#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d")
 DETECTED = "detected"
+DEFAULT_GPU = str(next(iter(GPU_SIZES_MIB.values())))  # the 24 GB slice most users have
+# Event kinds the chart's markers word from the catalog (memory.event.<kind>); others show as recorded.
+EVENT_KINDS = ("start", "started", "queued", "ready", "reachable", "unreachable", "stopped", "detached", "attached",
+               "failed", "lost", "reattached", "cancelling", "cancelled", "succeeded", "spec_changed",
+               "memory_released", "memory_not_released")
+OWNER_KEYS = MappingProxyType({"server": "memory.owner.server", "job": "memory.owner.job"})
 
 
 def _clock(t: float) -> datetime:
@@ -46,27 +53,53 @@ class MemoryHandlers:
     def refresh(self, window: str, request: gr.Request) -> tuple[str, go.Figure | None, pd.DataFrame, pd.DataFrame]:
         """Status line, chart, device table and process table (the timer calls this only while visible)."""
         locale = locale_of(request)
+        t = self.catalog.text
+        # Empty tables keep their headings (a bare DataFrame shows Gradio's "1 2 3").
+        device_columns = ["GPU", t("memory.col.name", locale), t("memory.col.memory", locale), "%",
+                          t("memory.col.util", locale), t("memory.col.temp", locale), t("memory.col.power", locale)]
+        process_columns = ["GPU", "PID", t("memory.col.process", locale), t("memory.col.used", locale),
+                           t("memory.col.owner", locale)]
         snap = self.memory.snapshot()
         if not snap["devices"]:
-            reason = snap["reason"] or "NVML returned no GPU"
+            # NVML's own words are quoted as they came; when it gave none, the page says so in its language.
+            raw = self.memory.reason  # NVML's or the sampler's own error, "" when there is none
+            reason = f"`{raw}`" if raw else self.catalog.text("memory.msg.no_devices", locale)
             text = "⚠ " + self.catalog.text("memory.msg.no_gpu", locale, reason=reason)
-            return text, None, pd.DataFrame(), pd.DataFrame()
+            return text, None, pd.DataFrame(columns=device_columns), pd.DataFrame(columns=process_columns)
         status = self.catalog.text("memory.msg.sampling", locale, hz=f"{self.memory.sampler.hz:g}",
                                    time=_clock(snap["t"]).strftime("%H:%M:%S"))
-        devices = pd.DataFrame([{
-            "GPU": d["gpu"], self.catalog.text("memory.col.name", locale): d["name"],
-            self.catalog.text("memory.col.memory", locale): f"{d['used_mib']:,.0f} / {d['total_mib']:,.0f} MiB",
-            "%": f"{d['used_mib'] / d['total_mib'] * 100:.0f}%" if d["total_mib"] else "",
-            self.catalog.text("memory.col.util", locale): "" if d["utilization"] is None else f"{d['utilization']}%",
-            self.catalog.text("memory.col.temp", locale): "" if d["temperature"] is None else f"{d['temperature']} °C",
-            self.catalog.text("memory.col.power", locale): "" if d["power_w"] is None else f"{d['power_w']:.0f} W",
-        } for d in snap["devices"]])
-        processes = pd.DataFrame([{
-            "GPU": p["gpu"], "PID": p["pid"], self.catalog.text("memory.col.process", locale): p["name"],
-            self.catalog.text("memory.col.used", locale): f"{p['used_mib']:,.0f} MiB",
-            self.catalog.text("memory.col.owner", locale): p["owner"] or "—",
-        } for p in snap["processes"]])
+        devices = pd.DataFrame([[
+            d["gpu"], d["name"], f"{d['used_mib']:,.0f} / {d['total_mib']:,.0f} MiB",
+            f"{d['used_mib'] / d['total_mib'] * 100:.0f}%" if d["total_mib"] else "",
+            "" if d["utilization"] is None else f"{d['utilization']}%",
+            "" if d["temperature"] is None else f"{d['temperature']} °C",
+            "" if d["power_w"] is None else f"{d['power_w']:.0f} W",
+        ] for d in snap["devices"]], columns=device_columns)
+        processes = pd.DataFrame([[
+            p["gpu"], p["pid"], p["name"], f"{p['used_mib']:,.0f} MiB", self.owner_text(p["owner"], locale),
+        ] for p in snap["processes"]], columns=process_columns)
         return status, self.chart(window, locale), devices, processes
+
+    def owner_text(self, owner: str, locale: str) -> str:
+        """MemoryService names owners "server <id>" / "job <id>"; the page says it in its own language."""
+        kind, _, ident = (owner or "").partition(" ")
+        key = OWNER_KEYS.get(kind)
+        return self.catalog.text(key, locale, id=ident) if key and ident else (owner or "—")
+
+    def event_text(self, event: dict[str, Any], locale: str) -> str:
+        """A chart marker's hover: who, what happened (worded when the kind is known), and the recorded detail."""
+        kind, detail = str(event["kind"]), str(event["detail"] or "")
+        if kind in EVENT_KINDS:
+            what = self.catalog.text(f"memory.event.{kind}", locale)
+        elif kind.startswith("phase "):
+            phase = kind.removeprefix("phase ")
+            what = self.catalog.text("memory.event.phase", locale,
+                                     phase=self.catalog.text(f"quantize.phase.{phase}", locale))
+        else:
+            what = kind
+        if detail in self.catalog.keys(locale):  # a hint recorded as its catalog key
+            detail = self.catalog.text(detail, locale)
+        return " · ".join(part for part in (str(event["source"]), what, detail) if part)
 
     def chart(self, window: str, locale: str) -> go.Figure:
         """Used memory per GPU over the window, total as a dashed line, events as labelled markers."""
@@ -76,9 +109,11 @@ class MemoryHandlers:
         for i, (gpu, part) in enumerate(frame.groupby("gpu") if not frame.empty else []):
             x = [_clock(t) for t in part["t"]]
             color = COLORS[i % len(COLORS)]
-            fig.add_trace(go.Scatter(x=x, y=part["used_mib"], mode="lines", name=f"GPU {gpu} used",
+            fig.add_trace(go.Scatter(x=x, y=part["used_mib"], mode="lines",
+                                     name=self.catalog.text("memory.chart.used_trace", locale, gpu=gpu),
                                      line={"color": color, "width": 2}))
-            fig.add_trace(go.Scatter(x=x, y=part["total_mib"], mode="lines", name=f"GPU {gpu} total",
+            fig.add_trace(go.Scatter(x=x, y=part["total_mib"], mode="lines",
+                                     name=self.catalog.text("memory.chart.total_trace", locale, gpu=gpu),
                                      line={"color": color, "width": 1, "dash": "dot"}, showlegend=False))
         top = float(frame["total_mib"].max()) if not frame.empty else 1.0
         for event in self.memory.events(window):
@@ -86,7 +121,7 @@ class MemoryHandlers:
             fig.add_vline(x=at, line={"color": "#9ca3af", "width": 1, "dash": "dash"})
             fig.add_trace(go.Scatter(x=[at], y=[top], mode="markers", marker={"symbol": "triangle-down", "size": 9,
                                      "color": "#6b7280"}, showlegend=False,
-                                     hovertext=f"{event['source']} {event['kind']} {event['detail']}",
+                                     hovertext=self.event_text(event, locale),
                                      hoverinfo="text", name="event"))
         fig.update_layout(height=340, margin={"l": 50, "r": 10, "t": 30, "b": 40},
                           yaxis_title=self.catalog.text("memory.chart.y", locale), legend={"orientation": "h"},
@@ -111,8 +146,8 @@ class MemoryHandlers:
         """The detected GPU first (picked unless the user chose a size), then the sizes people plan for."""
         choices = self.gpu_choices()
         detected = [v for _, v in choices if v.startswith(DETECTED)]
-        value = current if current and not current.startswith(DETECTED) and current != str(
-            GPU_SIZES_MIB["24 GB (A100 slice)"]) else (detected[0] if detected else current)
+        value = current if current and not current.startswith(DETECTED) and current != DEFAULT_GPU else (
+            detected[0] if detected else current)
         return gr.Dropdown(choices=choices, value=value)
 
     def gpu_choices(self) -> list[tuple[str, str]]:
@@ -121,27 +156,30 @@ class MemoryHandlers:
                     for d in snap["devices"][:1]]
         return [*detected, *[(name, str(mib)) for name, mib in GPU_SIZES_MIB.items()]]
 
-    def shape_of(self, source: str) -> tuple[ModelShape | None, str]:
-        """A preset's shape, or one read from a model folder's config.json (with the reason it cannot be)."""
+    def shape_of(self, source: str, locale: str) -> tuple[ModelShape | None, str]:
+        """A preset's shape, or one read from a model folder's config.json (with the reason it cannot be, in
+        `locale`)."""
         if source in PRESETS:
             return ModelShape.from_config(PRESETS[source]), ""
         resolved = self.roots.resolve(source or "")
         if not isinstance(resolved, Path):
-            return None, self.catalog.text(resolved.key, "en", **resolved.params)
+            return None, self.catalog.text(resolved.key, locale, **resolved.params)
         try:
             return ModelShape.from_config(json.loads((resolved / "config.json").read_text(encoding="utf-8"))), ""
-        except (OSError, ValueError, KeyError) as exc:
-            return None, f"config.json: {exc}"
+        except (OSError, ValueError, KeyError) as exc:  # the parser's own words, quoted
+            return None, self.catalog.text("errors.model_bad_config", locale, path=str(resolved),
+                                           error=f"`{type(exc).__name__}: {exc}`")
 
     def plan_input(self, source: str, weights: str, group_size: float | None, gpu: str, fraction: float,
-                   kv_policy: str, session_len: float | None, batch: float | None, tp: float | None
-                   ) -> tuple[PlanInput | None, str]:
-        shape, problem = self.shape_of(source)
+                   kv_policy: str, session_len: float | None, batch: float | None, tp: float | None,
+                   locale: str) -> tuple[PlanInput | None, str]:
+        """The planner's input from the form, or why there is none (in `locale`)."""
+        shape, problem = self.shape_of(source, locale)
         if shape is None:
             return None, problem
         mib = float(gpu.split(":", 1)[1]) if gpu.startswith(DETECTED) else float(gpu or 0)
         if mib <= 0:
-            return None, "gpu"
+            return None, self.catalog.text("memory.msg.no_gpu_size", locale)
         awq = weights == "awq" or bool(shape.awq_group_size)
         return PlanInput(shape, int(mib * MIB), cache_max_entry_count=float(fraction),
                          quant_policy=KV_POLICIES.get(kv_policy, 0), awq=awq,
@@ -153,7 +191,8 @@ class MemoryHandlers:
                     request: gr.Request) -> tuple[str, go.Figure | None]:
         """The prediction as a short table, and the chart of memory and tokens against the fraction."""
         locale = locale_of(request)
-        spec, problem = self.plan_input(source, weights, group_size, gpu, fraction, kv_policy, session_len, batch, tp)
+        spec, problem = self.plan_input(source, weights, group_size, gpu, fraction, kv_policy, session_len, batch, tp,
+                                        locale)
         if spec is None:
             return "⚠ " + self.catalog.text("memory.msg.cannot_plan", locale, reason=problem), None
         p = plan(spec)
@@ -194,7 +233,7 @@ class MemoryHandlers:
     # predicted against measured ----------------------------------------------------------------------
     def ready_servers(self, current: str | None) -> gr.Dropdown:
         ready = [(f"{s.id} · {short_model(s.model_id)} · {s.kv_policy} · {s.cache_max_entry_count}", s.id)
-                 for s in self.servers.snapshots() if s.owned and s.state == "READY"]
+                 for s in self.servers.snapshots() if s.owned and s.state == ServerState.READY]
         ids = [i for _, i in ready]
         return gr.Dropdown(choices=ready, value=current if current in ids else (ids[0] if ids else None))
 
@@ -204,8 +243,9 @@ class MemoryHandlers:
             return self.catalog.text("memory.msg.no_ready_server", locale)
         result = self.memory.compare_server(server_id)
         if "error" in result:
+            detail = result.get("detail", "")  # a parser's or NVML's own words: quoted
             return "⚠ " + self.catalog.text(f"memory.compare_error.{result['error']}", locale,
-                                            detail=result.get("detail", ""))
+                                            detail=f"`{detail}`" if detail else "")
         predicted, measured, error = result["predicted"], result["measured"], result["error_percent"]
         t = self.catalog.text
 
@@ -247,7 +287,7 @@ class MemoryHandlers:
             return {"error": "; ".join(f"{e.field}: {self.catalog.text(e.key, 'en', **e.params)}" for e in problems)}
         spec, problem = self.plan_input(model, weights, numbers["group_size"], str(numbers["gpu_memory_mib"]),
                                         numbers["cache_max_entry_count"], kv_policy, numbers["session_len"],
-                                        numbers["max_batch_size"], numbers["tp"])
+                                        numbers["max_batch_size"], numbers["tp"], "en")
         if spec is None:
             return {"error": problem}
         return plan(spec).as_dict()
@@ -271,10 +311,10 @@ def build_memory_tab(handlers: MemoryHandlers, i18n: gr.I18n) -> tuple[gr.Timer,
             source = gr.Dropdown(choices=list(PRESETS), value=next(iter(PRESETS)), allow_custom_value=True,
                                  label=i18n("memory.source.label"), info=i18n("memory.source.info"), scale=3,
                                  elem_id="memory-source")
-            weights = gr.Radio([("fp16 / bf16", "fp16"), ("AWQ 4-bit", "awq")], value="fp16",
+            weights = gr.Radio([("fp16 / bf16", "fp16"), (i18n("memory.weights.awq"), "awq")], value="fp16",
                                label=i18n("memory.weights.label"), scale=2)
             group_size = gr.Number(value=128, precision=0, label=i18n("memory.group_size.label"), scale=1)
-            gpu = gr.Dropdown(choices=handlers.gpu_choices(), value=str(GPU_SIZES_MIB["24 GB (A100 slice)"]),
+            gpu = gr.Dropdown(choices=handlers.gpu_choices(), value=DEFAULT_GPU,
                               label=i18n("memory.gpu.label"), scale=2, elem_id="memory-gpu")
         with gr.Row():
             fraction = gr.Slider(0.05, 0.95, value=0.8, step=0.05, label=i18n("memory.fraction.label"),

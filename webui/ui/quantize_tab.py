@@ -11,9 +11,19 @@ import gradio as gr
 import pandas as pd
 
 from webui.i18n.catalog import Catalog
+from webui.services.job_states import LIVE_JOB_STATES, JobState
 from webui.services.models import ModelRoots
 from webui.services.quantize import JobManager, JobSnapshot
-from webui.services.quantize_spec import HUB_DATASETS, AwqSpec, CheckedAwq
+from webui.services.quantize_spec import (
+    CALIB_SOURCES,
+    DEVICES,
+    DTYPES,
+    HUB_DATASETS,
+    W_BITS,
+    W_GROUP_SIZES,
+    AwqSpec,
+    CheckedAwq,
+)
 from webui.services.serve_spec import FieldError
 from webui.settings import Settings
 from webui.ui import forms
@@ -30,7 +40,6 @@ from webui.ui.common import (
 )
 
 LOG_LINES = 40  # the box grows to show them all, so the newest line is always in view
-ACTIVE_STATES = ("QUEUED", "RUNNING")
 
 
 @dataclass(frozen=True)
@@ -171,7 +180,7 @@ class QuantizeHandlers:
         if outcome.job is None:
             return format_errors(self.catalog, outcome.errors, locale, "quantize"), ""
         job = outcome.job
-        key = "quantize.msg.queued" if job.state == "QUEUED" else "quantize.msg.started"
+        key = "quantize.msg.queued" if job.state == JobState.QUEUED else "quantize.msg.started"
         return self.catalog.text(key, locale, id=job.id, position=job.queue_position or 1), job.id
 
     def cancel_job(self, job_id: str | None, request: gr.Request) -> str:
@@ -182,6 +191,8 @@ class QuantizeHandlers:
             job = self.jobs.cancel(job_id)
         except KeyError:
             return self.catalog.text("errors.unknown_job", locale, id=job_id)
+        if job.state == JobState.CANCELLING:  # cancel() returns at once; the monitor sees the processes go
+            return self.catalog.text("quantize.msg.cancelling", locale, id=job.id)
         return self.catalog.text("quantize.msg.cancelled", locale, id=job.id,
                                  state=self.catalog.text(f"quantize.state.{job.state}", locale))
 
@@ -189,7 +200,7 @@ class QuantizeHandlers:
         """Fill the Serve form with the job's output as an AWQ model and switch to the Serve tab."""
         locale = locale_of(request)
         job = self.jobs.get(job_id) if job_id else None
-        if job is None or job.state != "SUCCEEDED":
+        if job is None or job.state != JobState.SUCCEEDED:
             return gr.Dropdown(), gr.skip(), gr.Tabs(), self.catalog.text("quantize.msg.serve_needs_result", locale)
         choices = [str(p) for p in self.roots.discover()]
         return (gr.Dropdown(choices=choices, value=job.output_dir), "awq", gr.Tabs(selected="serve"),
@@ -216,25 +227,40 @@ class QuantizeHandlers:
             return self.catalog.text("quantize.msg.no_selection", locale), ""
         return self._progress_markdown(job, locale), "\n".join(self.jobs.log(job.id, LOG_LINES))
 
-    def refresh(self, job_id: str | None, request: gr.Request) -> tuple[pd.DataFrame, gr.Dropdown, str, str]:
+    def refresh(self, job_id: str | None, request: gr.Request) -> tuple[
+        pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button
+    ]:
+        """Timer tick: table, job choices, detail, log and the buttons that fit the job's state."""
         detail, log = self.job_detail(job_id, request)
-        return self.list_jobs(request), self._job_choices(job_id), detail, log
+        return (self.list_jobs(request), self._job_choices(job_id, locale_of(request)), detail, log,
+                *self.controls(job_id))
 
-    def select_job(self, job_id: str | None, current: str | None) -> gr.Dropdown:
-        return self._job_choices(job_id or current)
+    def show_selected(self, job_id: str | None, request: gr.Request) -> tuple[str, str, gr.Button, gr.Button]:
+        """A job was picked: its detail, its log and the buttons that fit its state."""
+        return (*self.job_detail(job_id, request), *self.controls(job_id))
+
+    def controls(self, job_id: str | None) -> tuple[gr.Button, gr.Button]:
+        """Cancel while the job waits or runs (not once CANCELLING: the cancel is under way), Serve this once it
+        has succeeded."""
+        job = self.jobs.get(job_id) if job_id else None
+        state = job.state if job else None
+        return (gr.Button(interactive=state in (JobState.QUEUED, JobState.RUNNING)),
+                gr.Button(interactive=state == JobState.SUCCEEDED))
+
+    def select_job(self, job_id: str | None, current: str | None, request: gr.Request) -> gr.Dropdown:
+        return self._job_choices(job_id or current, locale_of(request))
 
     def pick_from_table(self, table: pd.DataFrame, evt: gr.SelectData) -> str | None:
         """Clicking a row selects that job."""
         return picked_row(table, evt, column=0)
 
     def load_page(self, job_id: str | None, request: gr.Request) -> tuple[
-        gr.Dropdown, pd.DataFrame, gr.Dropdown, str, str
+        gr.Dropdown, pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button
     ]:
         jobs = self.jobs.snapshots()
-        running = [j for j in jobs if j.state in ACTIVE_STATES]
+        running = [j for j in jobs if j.state in LIVE_JOB_STATES]
         selected = job_id or (running[0].id if running else (jobs[0].id if jobs else None))
-        table, choices, detail, log = self.refresh(selected, request)
-        return self.refresh_models(None), table, choices, detail, log
+        return (self.refresh_models(None), *self.refresh(selected, request))
 
     # scripting -----------------------------------------------------------------------------------
     def list_jobs_api(self) -> list[dict]:
@@ -247,17 +273,20 @@ class QuantizeHandlers:
         return job.as_dict() if job else {}
 
     # helpers -------------------------------------------------------------------------------------
-    def _job_choices(self, selected: str | None) -> gr.Dropdown:
+    def _job_choices(self, selected: str | None, locale: str) -> gr.Dropdown:
         jobs = self.jobs.snapshots()
         ids = {j.id for j in jobs}
-        choices = [(f"{j.id} · {j.state} · {short_model(j.model_path)}", j.id) for j in jobs]
+        choices = [(f"{j.id} · {self.catalog.text(f'quantize.state.{j.state}', locale)} · "
+                    f"{short_model(j.model_path)}", j.id) for j in jobs]
         return gr.Dropdown(choices=choices, value=selected if selected in ids else (jobs[0].id if jobs else None))
 
     def _progress_markdown(self, j: JobSnapshot, locale: str) -> str:
         t = self.catalog.text
         state = t(f"quantize.state.{j.state}", locale)
         lines = [f"### <span class='state state-{j.state.lower()}'>{state}</span> `{j.id}` · {html.escape(j.summary)}"]
-        if j.state in ACTIVE_STATES:
+        if j.state == JobState.CANCELLING:
+            lines.append(t("quantize.detail.cancelling", locale))
+        if j.state in LIVE_JOB_STATES:
             pct = int(j.fraction * 100)
             phase = t(f"quantize.phase.{j.phase}", locale)
             layer = f" · {t('quantize.detail.layer', locale)} {j.layer}/{j.layers}" if j.layers and j.layer else ""
@@ -273,7 +302,7 @@ class QuantizeHandlers:
                 lines.append(" · ".join(timing))
         lines.append(f"- {t('quantize.detail.output', locale)}: `{j.output_dir}`")
         r = j.result
-        if j.state == "SUCCEEDED" and r:
+        if j.state == JobState.SUCCEEDED and r:
             ratio = f" (×{r['ratio']})" if r.get("ratio") else ""
             lines += [
                 f"- {t('quantize.detail.size', locale)}: {size(r.get('size_before_bytes'))} → "
@@ -283,7 +312,8 @@ class QuantizeHandlers:
                 + (f", GPU {gib(r.get('peak_gpu_bytes'))}" if r.get("peak_gpu_bytes") else ""),
                 f"- quantization_config: `{json.dumps(r.get('quantization_config'))}`",
             ]
-        if j.state in ("FAILED", "LOST") and j.error:
+        if j.state in (JobState.FAILED, JobState.LOST) and j.error:
+            # The worker's or the OS's own words, quoted as log text under our heading.
             lines.append(f"\n> **{t('quantize.detail.error', locale)}**\n\n```text\n{j.error[-600:]}\n```")
         if j.command:
             lines.append(f"\n```bash\n{j.command}\n```")
@@ -307,7 +337,7 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
                                     info=i18n("quantize.output_dir.info"),
                                     placeholder=i18n("quantize.output_dir.placeholder"), elem_id="quantize-output")
             calib_source = gr.Radio(
-                [(i18n(f"quantize.calib_source.{v}"), v) for v in ("hub", "files", "sample", "none")],
+                [(i18n(f"quantize.calib_source.{v}"), v) for v in CALIB_SOURCES],
                 value=defaults.calib_source, label=i18n("quantize.calib_source.label"),
                 info=i18n("quantize.calib_source.info"), elem_id="quantize-calib-source",
             )
@@ -332,15 +362,15 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
                 batch_size = gr.Number(value=defaults.batch_size, precision=0, minimum=1,
                                        label=i18n("quantize.batch_size.label"), info=i18n("quantize.batch_size.info"))
             with gr.Row():
-                w_bits = gr.Radio([4, 8], value=defaults.w_bits, label=i18n("quantize.w_bits.label"),
+                w_bits = gr.Radio(list(W_BITS), value=defaults.w_bits, label=i18n("quantize.w_bits.label"),
                                   info=i18n("quantize.w_bits.info"))
-                w_group_size = gr.Dropdown([32, 64, 128, 256], value=defaults.w_group_size,
+                w_group_size = gr.Dropdown(list(W_GROUP_SIZES), value=defaults.w_group_size,
                                            label=i18n("quantize.w_group_size.label"),
                                            info=i18n("quantize.w_group_size.info"), elem_id="quantize-group-size")
             with gr.Row():
-                device = gr.Radio(["cuda", "cpu"], value=defaults.device, label=i18n("quantize.device.label"),
+                device = gr.Radio(list(DEVICES), value=defaults.device, label=i18n("quantize.device.label"),
                                   info=i18n("quantize.device.info"), elem_id="quantize-device")
-                dtype = gr.Radio(["auto", "float16", "bfloat16"], value=defaults.dtype,
+                dtype = gr.Radio(list(DTYPES), value=defaults.dtype,
                                  label=i18n("quantize.dtype.label"), info=i18n("quantize.dtype.info"))
             with gr.Row():
                 search_scale = gr.Checkbox(defaults.search_scale, label=i18n("quantize.search_scale.label"),
@@ -394,9 +424,12 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
     submitted.then(preflight_fn, inputs, [preflight, command], api_visibility="private", **forms.RAW_INPUTS, **quiet)
     cancel.click(handlers.cancel_job, selected, message, api_name="cancel_job", concurrency_id="job_control")
     jobs_table.select(handlers.pick_from_table, jobs_table, selected, api_visibility="private")
-    selected.change(handlers.job_detail, selected, [detail, log], api_visibility="private", **quiet)
-    timer.tick(handlers.refresh, selected, [jobs_table, selected, detail, log], api_visibility="private", **quiet)
-    demo.load(handlers.load_page, selected, [model_path, jobs_table, selected, detail, log], api_visibility="private")
+    controls = [cancel, serve_this]
+    selected.change(handlers.show_selected, selected, [detail, log, *controls], api_visibility="private", **quiet)
+    timer.tick(handlers.refresh, selected, [jobs_table, selected, detail, log, *controls], api_visibility="private",
+               **quiet)
+    demo.load(handlers.load_page, selected, [model_path, jobs_table, selected, detail, log, *controls],
+              api_visibility="private")
     gr.api(handlers.list_jobs_api, api_name="list_jobs")
     gr.api(handlers.job_progress_api, api_name="job_progress")
     return serve_this, selected, message, timer

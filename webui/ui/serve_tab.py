@@ -21,10 +21,13 @@ from webui.services.serve_spec import (
     FieldError,
     ServerSpec,
 )
+from webui.services.server_states import ServerState, is_live
 from webui.ui import forms
 from webui.ui.common import duration, format_errors, locale_of, model_choices, picked_row, short_model
 
 LOG_LINES = 40  # the box grows to show them all, so the newest line is always in view
+# Detail parameters that carry the OS's or a program's own words (quoted as code in the page).
+FOREIGN_PARAMS = frozenset({"program", "reason", "text"})
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,20 @@ class ServeHandlers:
             snap = self.manager.stop(server_id)
         except KeyError:
             return self.catalog.text("errors.unknown_server", locale, id=server_id)
-        if snap.state == "STOPPING":
+        if snap.state == ServerState.STOPPING:  # stop() returns at once; the monitor sees the processes go
             return self.catalog.text("serve.msg.stopping", locale, id=snap.id)
+        state = self.catalog.text(f"serve.state.{snap.state}", locale)
+        if snap.state != ServerState.STOPPED:  # it had ended before (failed, lost): nothing was stopped
+            return self.catalog.text("serve.msg.not_running", locale, id=snap.id, state=state)
         return self.catalog.text("serve.msg.stopped", locale, id=snap.id,
-                                 detail=self.catalog.text(snap.detail, locale, **snap.detail_params)
-                                 if snap.detail else self.catalog.text(f"serve.state.{snap.state}", locale))
+                                 detail=self.detail_text(snap, locale) if snap.detail else state)
+
+    def detail_text(self, s: ServerSnapshot, locale: str) -> str:
+        """The snapshot's detail worded in `locale`; the OS's words in it (a spawn failure's reason, an old
+        row's text) are quoted, never worded as ours."""
+        params = {k: f"`{v.replace('`', chr(39))}`" if k in FOREIGN_PARAMS and v else html.escape(v)
+                  for k, v in s.detail_params.items()}
+        return self.catalog.text(s.detail, locale, **params)
 
     def restart_server(self, server_id: str | None, request: gr.Request) -> str:
         locale = locale_of(request)
@@ -231,21 +243,40 @@ class ServeHandlers:
             return self.catalog.text("serve.msg.no_selection", locale)
         return self._detail_markdown(snap, locale)
 
-    def refresh(self, server_id: str | None, request: gr.Request) -> tuple[pd.DataFrame, gr.Dropdown, str, str]:
-        """Timer tick: table, server choices, detail and log, all read from snapshots."""
+    def refresh(self, server_id: str | None, request: gr.Request) -> tuple[
+        pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button, gr.Button, gr.Button
+    ]:
+        """Timer tick: table, server choices, detail, log and the buttons that fit its state, from snapshots."""
         return (
             self.list_servers(request),
-            self._server_choices(server_id),
+            self._server_choices(server_id, locale_of(request)),
             self.server_detail(server_id, request),
             self.server_log(server_id),
+            *self.controls(server_id),
         )
+
+    def show_selected(self, server_id: str | None, request: gr.Request) -> tuple[
+        str, gr.Button, gr.Button, gr.Button, gr.Button
+    ]:
+        """A server was picked: its detail and the buttons that fit its state."""
+        return (self.server_detail(server_id, request), *self.controls(server_id))
+
+    def controls(self, server_id: str | None) -> tuple[gr.Button, gr.Button, gr.Button, gr.Button]:
+        """Stop, Restart, Use in Chat and Remove, usable only where they mean something: Stop while the server
+        lives (also while STOPPING: it cancels a pending restart), Restart for a server started here, Use in
+        Chat when it is READY, Remove once it is down."""
+        snap = self.manager.get(server_id) if server_id else None
+        live = snap is not None and is_live(snap.state)
+        return (gr.Button(interactive=live), gr.Button(interactive=snap is not None and snap.owned),
+                gr.Button(interactive=snap is not None and snap.state == ServerState.READY),
+                gr.Button(interactive=snap is not None and not live))
 
     def pick_from_table(self, table: pd.DataFrame, evt: gr.SelectData) -> str | None:
         """Clicking a row selects that server."""
         return picked_row(table, evt, column=1)
 
     def load_page(self, server_id: str | None, request: gr.Request) -> tuple[
-        gr.Dropdown, int, pd.DataFrame, gr.Dropdown, str, str
+        gr.Dropdown, int, pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button, gr.Button, gr.Button
     ]:
         """demo.load: models, a free port and the current servers, so a reload shows the truth."""
         active = self.manager.active()
@@ -253,8 +284,7 @@ class ServeHandlers:
         if selected is None:
             servers = self.manager.snapshots()
             selected = servers[0].id if servers else None
-        table, choices, detail, log = self.refresh(selected, request)
-        return self.refresh_models(None), self.manager.suggest_port(), table, choices, detail, log
+        return (self.refresh_models(None), self.manager.suggest_port(), *self.refresh(selected, request))
 
     # scripting -----------------------------------------------------------------------------------
     def list_servers_api(self) -> list[dict]:
@@ -265,14 +295,15 @@ class ServeHandlers:
         """The last `lines` lines of a server's log."""
         return "\n".join(self.manager.log(server_id, max(1, min(int(lines), 5000))))
 
-    def select_server(self, server_id: str | None, current: str | None) -> gr.Dropdown:
+    def select_server(self, server_id: str | None, current: str | None, request: gr.Request) -> gr.Dropdown:
         """After an action: list the servers again and select the one it touched (if any)."""
-        return self._server_choices(server_id or current)
+        return self._server_choices(server_id or current, locale_of(request))
 
     # helpers -------------------------------------------------------------------------------------
-    def _server_choices(self, selected: str | None) -> gr.Dropdown:
+    def _server_choices(self, selected: str | None, locale: str) -> gr.Dropdown:
         servers = self.manager.snapshots()
-        choices = [(f"{s.id} · {s.state} · {short_model(s.model_id) or s.base_url}", s.id) for s in servers]
+        choices = [(f"{s.id} · {self.catalog.text(f'serve.state.{s.state}', locale)} · "
+                    f"{short_model(s.model_id) or s.base_url}", s.id) for s in servers]
         ids = {s.id for s in servers}
         value = selected if selected in ids else (servers[0].id if servers else None)
         return gr.Dropdown(choices=choices, value=value)
@@ -282,17 +313,19 @@ class ServeHandlers:
         state = t(f"serve.state.{s.state}", locale)
         lines = [f"### <span class='state state-{s.state.lower()}'>{state}</span> `{s.id}`"
                  + (" ★" if s.active else "")]
-        if s.state == "STARTING":
+        if s.state == ServerState.STARTING:
             phase = t(f"serve.phase.{s.phase}", locale)
             pct = int(round(s.progress * 100))
             lines.append(f"{t('serve.detail.phase', locale)}: **{phase}** "
                          f"<progress value='{pct}' max='100'></progress> {pct}%")
+        elif s.state == ServerState.STOPPING:
+            lines.append(t("serve.detail.stopping", locale))
         lines.append(f"- {t('serve.detail.base_url', locale)}: `{s.base_url}/v1`")
         if s.model_id:
             lines.append(f"- {t('serve.detail.model_id', locale)}: `{s.model_id}`")
         if s.ready_seconds is not None:
             lines.append(f"- {t('serve.detail.ready_in', locale)}: {s.ready_seconds:.1f} s")
-        if s.uptime_seconds is not None and s.state in ("STARTING", "READY", "UNREACHABLE"):
+        if s.uptime_seconds is not None and is_live(s.state):
             lines.append(f"- {t('serve.detail.uptime', locale)}: {duration(s.uptime_seconds)}")
         if s.gpu_blocks:
             lines.append(f"- {t('serve.detail.kv_blocks', locale)}: {s.gpu_blocks:,}")
@@ -300,13 +333,13 @@ class ServeHandlers:
             lines.append(f"- {t('serve.detail.api_key', locale)}")
         if s.exit_code is not None:
             lines.append(f"- {t('serve.detail.exit_code', locale)}: {s.exit_code}")
-        if s.state in ("FAILED", "LOST"):
+        if s.state in (ServerState.FAILED, ServerState.LOST):
             hint_key = s.hint or "hints.unknown"
             lines.append(f"\n> **{t('serve.detail.hint', locale)}**: {t(hint_key, locale)}")
             if s.hint_line:
                 lines.append(f"\n```text\n{s.hint_line}\n```")
         if s.detail:
-            lines.append(f"- {html.escape(t(s.detail, locale, **s.detail_params))}")
+            lines.append(f"- {self.detail_text(s, locale)}")
         if s.command:
             lines.append(f"\n```bash\n{s.command}\n```")
         return "\n".join(lines)
@@ -425,10 +458,11 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
     attach.click(handlers.attach_server, [attach_url, attach_key], [message, touched], api_name="attach_server").then(
         handlers.select_server, [touched, selected], selected, api_visibility="private")
     servers_table.select(handlers.pick_from_table, servers_table, selected, api_visibility="private")
-    selected.change(handlers.server_detail, selected, detail, api_visibility="private", **quiet)
-    timer.tick(handlers.refresh, selected, [servers_table, selected, detail, log],
+    controls = [stop, restart, make_active, remove]
+    selected.change(handlers.show_selected, selected, [detail, *controls], api_visibility="private", **quiet)
+    timer.tick(handlers.refresh, selected, [servers_table, selected, detail, log, *controls],
                api_visibility="private", **quiet)
-    demo.load(handlers.load_page, selected, [model_path, port, servers_table, selected, detail, log],
+    demo.load(handlers.load_page, selected, [model_path, port, servers_table, selected, detail, log, *controls],
               api_visibility="private")
     # JSON read endpoints for scripts (gradio_client), independent of what the page shows.
     gr.api(handlers.list_servers_api, api_name="list_servers")

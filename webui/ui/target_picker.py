@@ -10,9 +10,20 @@ import gradio as gr
 from webui.i18n.catalog import Catalog
 from webui.services.chat import ERROR_KINDS, ChatError, ChatService, Endpoint
 from webui.services.serve import ServerManager
+from webui.services.server_states import ServerState
 from webui.ui.common import locale_of, short_model
 
 OTHER_URL = "url"
+
+
+class PageError(ChatError):
+    """A ChatError the UI raises itself: the page words it from the catalog (`key`, `params`) in its own
+    language, while scripts (chat, run_tools) get `kind` and the plain `message`."""
+
+    def __init__(self, kind: str, message: str, key: str, **params: object) -> None:
+        super().__init__(kind, message)
+        self.key = key
+        self.params = params
 
 
 @dataclass
@@ -39,7 +50,7 @@ class TargetHandlers:
         self.catalog = catalog
 
     def choices(self) -> list[tuple[str, str]]:
-        ready = [s for s in self.servers.snapshots() if s.state == "READY"]
+        ready = [s for s in self.servers.snapshots() if s.state == ServerState.READY]
         ready.sort(key=lambda s: not s.active)
         return [(f"{'★ ' if s.active else ''}{s.id} · {short_model(s.model_id)} · {s.base_url}", s.id)
                 for s in ready]
@@ -74,19 +85,25 @@ class TargetHandlers:
         """OTHER_URL (or no target with a URL) → that URL; a server id → that server; nothing → the active one."""
         if target == OTHER_URL or (not target and (base_url or "").strip()):
             if not (base_url or "").strip():
-                raise ChatError("no_server", "enter a base URL or start a server on the Serve tab")
+                raise PageError("no_server", "enter a base URL or start a server on the Serve tab",
+                                "target.msg.no_url")
             try:
                 return self.chat.endpoint_for_url(base_url, api_key or "", model or "")
             except ValueError as exc:
-                raise ChatError("bad_url", str(exc)) from exc
+                raise PageError("bad_url", str(exc), "errors.bad_url", url=base_url.strip()) from exc
         endpoint = self.chat.endpoint_for_server(target or "")
         return Endpoint(endpoint.base_url, endpoint.api_key, model or endpoint.model, endpoint.lmdeploy,
                         endpoint.server_id)
 
     def error_text(self, exc: ChatError, locale: str) -> str:
-        """⚠ and the catalog's explanation of the error kind, with the server's own words."""
+        """⚠ and the catalog's explanation of the error kind, with the server's (or the client's) own words
+        quoted as code: they are not ours to translate."""
+        if isinstance(exc, PageError):
+            return "⚠ " + self.catalog.text(exc.key, locale, **exc.params)
         key = f"chat.errors.{exc.kind}" if exc.kind in ERROR_KINDS else "chat.errors.server"
-        return "⚠ " + self.catalog.text(key, locale, message=exc.message, status=str(exc.status or ""))
+        words = " ".join(exc.message.replace("`", "'").split())
+        return "⚠ " + self.catalog.text(key, locale, message=f"`{words}`" if words else "",
+                                        status=str(exc.status or ""))
 
 
 def build_target_picker(i18n: gr.I18n, prefix: str) -> TargetPicker:

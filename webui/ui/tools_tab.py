@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
 
 from webui.i18n.catalog import Catalog
-from webui.services.chat import ChatError, Endpoint, SamplingParams, format_stats
+from webui.services.chat import ChatError, Endpoint, SamplingParams
 from webui.services.models import ModelInfo, ModelRoots, read_model_info
 from webui.services.serve import ServerManager
 from webui.services.serve_spec import TOOL_CALL_PARSERS
@@ -32,9 +33,10 @@ from webui.services.tool_loop import (
 )
 from webui.services.tools import ToolProblem, check_tools
 from webui.ui import forms
-from webui.ui.common import as_int, locale_of
+from webui.ui.common import as_int, locale_of, reply_numbers
 from webui.ui.target_picker import (
     OTHER_URL,
+    PageError,
     TargetHandlers,
     TargetPicker,
     build_target_picker,
@@ -42,6 +44,9 @@ from webui.ui.target_picker import (
 )
 
 BASE_CHOICES = ("auto", "required", "none")
+# Who answered a tool call (tool_loop's step "source"), in the page's words.
+SOURCE_KEYS = MappingProxyType({"builtin": "tools.source.builtin", MANUAL: "tools.source.manual",
+                                "none": "tools.source.none"})
 
 
 def _run_from(state: dict[str, Any] | None) -> ToolRun | None:
@@ -56,6 +61,13 @@ def split_checked(checked: list[dict[str, Any]] | list[ToolProblem]
     """check_tools' answer as (tools, problems), each typed: one of the two is empty."""
     return ([t for t in checked if not isinstance(t, ToolProblem)],
             [p for p in checked if isinstance(p, ToolProblem)])
+
+
+def tool_choices(tools: list[dict[str, Any]]) -> list[str]:
+    """tool_choice's offers for a tools list: the three modes, each tool, and a plan through all of them."""
+    names = [t["function"]["name"] for t in tools]
+    plan = ", ".join([*names, "none"]) if len(names) > 1 else ""
+    return [*BASE_CHOICES, *names, *([plan] if plan else [])]
 
 
 def _arguments(raw: str) -> str:
@@ -89,10 +101,9 @@ class ToolsHandlers:
         if problems:
             return self.problems_text(problems, locale), gr.Dropdown(choices=list(BASE_CHOICES), value="auto")
         names = [t["function"]["name"] for t in checked]
-        plan = ", ".join([*names, "none"]) if len(names) > 1 else ""
         lines = [f"- `{n}`: " + self.catalog.text(
             "tools.impl.builtin" if implementation_of(n) != MANUAL else "tools.impl.manual", locale) for n in names]
-        choices = [*BASE_CHOICES, *names, *([plan] if plan else [])]
+        choices = tool_choices(checked)
         try:
             parse_tool_choice(current_choice or "auto", checked)
             value = current_choice
@@ -118,16 +129,16 @@ class ToolsHandlers:
         try:
             choice = parse_tool_choice(tool_choice or "auto", checked)
         except ValueError as exc:
-            raise ChatError("bad_choice", str(exc)) from exc
+            raise PageError("bad_choice", str(exc), "tools.msg.bad_choice", choice=tool_choice) from exc
         return checked, choice, self.targets.endpoint(target, base_url, api_key, model)
 
-    def start_run(self, prompt: str, system_prompt: str
+    def start_run(self, prompt: str, system_prompt: str, request: gr.Request
                   ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str]:
         """A new run for the prompt, and the request id that Stop will close."""
         if not (prompt or "").strip():
             return None, [], ""
         run = new_run(prompt, system_prompt)
-        return run.as_dict(), self.transcript(run), self.loop.chat.new_request_id()
+        return run.as_dict(), self.transcript(run, locale_of(request)), self.loop.chat.new_request_id()
 
     def stop_run(self, request_id: str) -> None:
         """Close the model request in flight; the run ends as stopped, its steps so far kept."""
@@ -152,28 +163,26 @@ class ToolsHandlers:
                                                      locale)
         except ChatError as exc:
             if exc.kind == "bad_tools":
-                text = exc.message  # already a heading and one line per problem
-            elif exc.kind == "bad_choice":
-                text = f"⚠ {exc.message}"
+                text = exc.message  # already a heading and one line per problem, in the page's language
             else:
                 text = self.targets.error_text(exc, locale)
-            yield self.transcript(run), state, text, *hidden
+            yield self.transcript(run, locale), state, text, *hidden
             return
         params = SamplingParams(temperature=float(temperature), max_tokens=as_int(max_tokens, 256))
         for current in self.loop.run(endpoint, run, checked, choice, params, as_int(max_steps, 5),
                                      request_id=request_id):
-            yield self.transcript(current), current.as_dict(), "", *hidden
-        yield (self.transcript(run), run.as_dict(), self.outcome_text(run, locale),
+            yield self.transcript(current, locale), current.as_dict(), "", *hidden
+        yield (self.transcript(run, locale), run.as_dict(), self.outcome_text(run, locale),
                *self.waiting_widgets(run, locale), *self.parser_widgets(run, endpoint.server_id, locale))
 
-    def submit_result(self, result: str, state: dict[str, Any] | None
+    def submit_result(self, result: str, state: dict[str, Any] | None, request: gr.Request
                       ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
         """The user's result for the first waiting manual call; the run goes on from there (new request id)."""
         run = _run_from(state)
         if run is None or not run.waiting:
             return gr.skip(), state, gr.skip()
         run = give_result(run, run.waiting[0]["call_id"], result or "")
-        return self.transcript(run), run.as_dict(), self.loop.chat.new_request_id()
+        return self.transcript(run, locale_of(request)), run.as_dict(), self.loop.chat.new_request_id()
 
     def restart_with_parser(self, target: str | None, parser: str, request: gr.Request) -> str:
         """Restart the target server with --tool-call-parser; the Serve tab shows it come back."""
@@ -182,8 +191,10 @@ class ToolsHandlers:
             return self.catalog.text("tools.msg.cannot_restart", locale)
         try:
             outcome = self.servers.restart(target, tool_call_parser=parser)
-        except (KeyError, ValueError) as exc:
-            return f"⚠ {exc}"
+        except KeyError:
+            return "⚠ " + self.catalog.text("errors.unknown_server", locale, id=target)
+        except ValueError:  # an attached server: watched, never restarted here
+            return "⚠ " + self.catalog.text("errors.not_owned", locale)
         if outcome.errors:
             return "⚠ " + "; ".join(self.catalog.text(e.key, locale, **e.params) for e in outcome.errors)
         return self.catalog.text("tools.msg.restarting", locale, id=target, parser=parser)
@@ -212,36 +223,43 @@ class ToolsHandlers:
         return run.as_dict()
 
     # views -------------------------------------------------------------------------------------------
-    def transcript(self, run: ToolRun) -> list[dict[str, Any]]:
+    def transcript(self, run: ToolRun, locale: str) -> list[dict[str, Any]]:
         """The run as chat messages: the prompt, then per step a collapsible block for the raw model text,
         one per call with its arguments, one per result, and the answer as a plain message."""
+        t = self.catalog.text
         shown: list[dict[str, Any]] = [{"role": m["role"], "content": m["content"]} for m in run.messages
                                        if m["role"] == "user"][:1]
         for step in run.steps:
             if step["type"] == "model":
                 if not step["tool_calls"] and run.answer is not None and step is run.steps[-1]:
                     continue  # the answer is shown as the final message
-                title = f"🧠 #{step['step']} · tool_choice={step['tool_choice']} · {format_stats(step['stats'])}"
+                numbers = reply_numbers(self.catalog, step["stats"], locale)
+                title = f"🧠 #{step['step']} · tool_choice={step['tool_choice']} · {numbers}"
                 calls = "\n".join(f"- `{c['function']['name']}({_arguments(c['function']['arguments'])})`"
                                   for c in step["tool_calls"])
-                body = f"```text\n{step['raw'] or '(no text)'}\n```" + (f"\n\n{calls}" if calls else "")
+                raw = f"```text\n{step['raw']}\n```" if step["raw"] else t("tools.step.no_text", locale)
+                body = raw + (f"\n\n{calls}" if calls else "")
                 shown.append({"role": "assistant", "content": body, "metadata": {"title": title, "status": "done"}})
             else:
                 pending = step["ok"] is None
                 mark = "⏳" if pending else ("🛠" if step["ok"] else "⚠")
                 result = "…" if pending else step["result"]
                 title = f"{mark} {step['name']}({_arguments(step['arguments'])}) → {result}"
-                body = (f"**arguments** `{step['arguments']}`\n\n**{step['source']}** → `{result}`\n\n"
+                source = SOURCE_KEYS.get(step["source"])
+                body = (f"**{t('tools.step.arguments', locale)}** `{step['arguments']}`\n\n"
+                        f"**{t(source, locale) if source else step['source']}** → `{result}`\n\n"
                         f"`tool_call_id` {step['call_id']}")
                 shown.append({"role": "assistant", "content": body,
                               "metadata": {"title": title[:200], "status": "pending" if pending else "done"}})
         if run.live_text:
             shown.append({"role": "assistant", "content": run.live_text})
         if run.answer is not None:
-            shown.append({"role": "assistant", "content": run.answer or "(empty answer)"})
+            shown.append({"role": "assistant", "content": run.answer or t("tools.step.empty_answer", locale)})
         return shown
 
     def outcome_text(self, run: ToolRun, locale: str) -> str:
+        if run.error and run.error["kind"] == "step_limit":  # the loop's own words are for scripts
+            return "⚠ " + self.catalog.text("tools.msg.step_limit", locale, steps=run.model_calls)
         if run.error:
             return self.targets.error_text(ChatError(run.error["kind"], run.error["message"]), locale)
         if run.waiting:
@@ -284,7 +302,7 @@ def build_tools_tab(handlers: ToolsHandlers, targets: TargetHandlers, i18n: gr.I
                                  interactive=True, lines=14, max_lines=30, elem_id="tools-json")
             tools_status = gr.Markdown(elem_id="tools-status")
             with gr.Row():
-                tool_choice = gr.Dropdown([*BASE_CHOICES, "add", "mul", "add, mul, none"], value="auto",
+                tool_choice = gr.Dropdown(tool_choices(json.loads(first_tools)), value="auto",
                                           allow_custom_value=True, label=i18n("tools.tool_choice.label"),
                                           info=i18n("tools.tool_choice.info"), elem_id="tools-choice", scale=2)
                 max_steps = gr.Number(value=5, precision=0, minimum=1, maximum=MAX_STEPS,

@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     progress = ProgressWriter(Path(job["progress_path"]))
-    sys.stdout = LineTee(sys.stdout, progress)  # type: ignore[assignment]
-    sys.stderr = LineTee(sys.stderr, progress)  # type: ignore[assignment]
+    sys.stdout = LineTee(sys.stdout, progress)
+    sys.stderr = LineTee(sys.stderr, progress)
     try:
         run(job, progress)
     except BaseException as exc:

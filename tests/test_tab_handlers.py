@@ -42,11 +42,14 @@ SETTLED = {"READY", "FAILED"}
 JOB_FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "LOST"}
 # A worker that never finishes and takes 3 s to stop once asked: the job stays RUNNING, then CANCELLING.
 SLOW_WORKER = """
-import signal, sys, time
+import json, signal, sys, time
 def leave(*_):
     time.sleep(3)
     sys.exit(143)
 signal.signal(signal.SIGTERM, leave)
+job = json.load(open(sys.argv[1]))
+with open(job["progress_path"], "a") as progress:  # only now may a test cancel it and expect a slow exit
+    progress.write(json.dumps({"phase": "load"}) + "\\n")
 time.sleep(120)
 """
 
@@ -372,7 +375,14 @@ def test_the_job_table_shows_queued_running_and_cancelling_rows(queue_services: 
     assert running.startswith("### <span class='state state-running'>") and "<progress value=" in running
     queued, _ = handlers.job_detail(third, EN)
     assert catalog.text("quantize.detail.queue", "en", position=2) in queued
+    # The settings column is worded in the page's language (the jobs here are data-free on the CPU).
+    for request, locale in ((EN, "en"), (ZH, "zh")):
+        settings_col = handlers.list_jobs(request)[catalog.text("quantize.col.settings", locale)]
+        assert set(settings_col) == {f"w4 g128 · {catalog.text('quantize.calib_source.none', locale)} · cpu"}
 
+    deadline = time.monotonic() + 30
+    while jobs.get(first).phase != "load" and time.monotonic() < deadline:  # its SIGTERM handler is in place
+        time.sleep(0.02)
     asked = time.monotonic()
     message = handlers.cancel_job(first, EN)
     assert time.monotonic() - asked < 1.0  # the worker takes 3 s to go: Cancel does not wait for it

@@ -66,7 +66,8 @@ class JobSnapshot:
     model_path: str
     output_dir: str
     device: str
-    summary: str
+    summary: str  # compact facts for scripts ("w4 g128 · data-free · cpu"); the page words them from `spec`
+    spec: dict[str, Any]
     created_at: float
     started_at: float | None
     ended_at: float | None
@@ -409,6 +410,7 @@ class JobManager:
             fraction=1.0 if record.state == JobState.SUCCEEDED else progress.fraction,
             elapsed_seconds=elapsed, eta_seconds=eta, queue_position=queue.get(record.id),
             model_path=spec.model_path, output_dir=record.output_dir, device=spec.device, summary=summary,
+            spec=spec.to_json_dict(),
             created_at=record.created_at, started_at=record.started_at, ended_at=record.ended_at,
             exit_code=record.exit_code, error=record.error, peak_ram_bytes=record.peak_ram_bytes,
             peak_gpu_bytes=record.peak_gpu_bytes, result=record.result, command=record.command,

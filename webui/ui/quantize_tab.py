@@ -102,6 +102,23 @@ class QuantizeForm:
     trust_remote_code: gr.Checkbox
 
 
+def job_summary(catalog: Catalog, spec: dict[str, Any], locale: str) -> str:
+    """A job's settings in one line, in the page's language: bits and group, calibration, search-scale, device."""
+    data_free = spec.get("calib_source") == "none" or not int(spec.get("calib_samples") or 0)
+    if data_free:
+        calib = catalog.text("quantize.calib_source.none", locale)
+    elif spec.get("calib_source") == "hub":
+        calib = f"{spec.get('calib_dataset', '')} {spec.get('calib_samples')}×{spec.get('calib_seqlen')}"
+    else:
+        calib = (catalog.text(f"quantize.calib_source.{spec.get('calib_source')}", locale)
+                 + f" {spec.get('calib_samples')}×{spec.get('calib_seqlen')}")
+    parts = [f"w{spec.get('w_bits')} g{spec.get('w_group_size')}" + (" sym" if spec.get("w_sym") else ""), calib]
+    if spec.get("search_scale"):
+        parts.append(catalog.text("quantize.search_scale.label", locale))
+    parts.append(str(spec.get("device", "")))
+    return " · ".join(parts)
+
+
 class QuantizeHandlers:
     """Event handlers of the Quantize tab; they command the JobManager and read its snapshots.
 
@@ -216,8 +233,8 @@ class QuantizeHandlers:
             state = t(f"quantize.state.{j.state}", locale)
             if j.queue_position:
                 state += f" #{j.queue_position}"
-            rows.append([j.id, state, short_model(j.model_path), j.summary, f"{j.fraction * 100:.0f}%",
-                         duration(j.elapsed_seconds)])
+            rows.append([j.id, state, short_model(j.model_path), job_summary(self.catalog, j.spec, locale),
+                         f"{j.fraction * 100:.0f}%", duration(j.elapsed_seconds)])
         return pd.DataFrame(rows, columns=columns)
 
     def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[str, str]:
@@ -283,7 +300,8 @@ class QuantizeHandlers:
     def _progress_markdown(self, j: JobSnapshot, locale: str) -> str:
         t = self.catalog.text
         state = t(f"quantize.state.{j.state}", locale)
-        lines = [f"### <span class='state state-{j.state.lower()}'>{state}</span> `{j.id}` · {html.escape(j.summary)}"]
+        summary = html.escape(job_summary(self.catalog, j.spec, locale))
+        lines = [f"### <span class='state state-{j.state.lower()}'>{state}</span> `{j.id}` · {summary}"]
         if j.state == JobState.CANCELLING:
             lines.append(t("quantize.detail.cancelling", locale))
         if j.state in LIVE_JOB_STATES:

@@ -10,6 +10,7 @@ leaves a folder that looks like a finished model. Local calibration text replace
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -88,7 +90,7 @@ def local_calib_loader(text: str):
     return get_calib_loaders
 
 
-def run(job: dict[str, Any], progress: ProgressWriter) -> None:
+def run(job: dict[str, Any], progress: ProgressWriter, guard: TermGuard) -> None:
     spec = AwqSpec.from_json_dict(job["spec"])
     output = Path(job["output_dir"])
     partial = Path(job["partial_dir"])
@@ -132,20 +134,49 @@ def run(job: dict[str, Any], progress: ProgressWriter) -> None:
         dtype=spec.dtype,
         trust_remote_code=spec.trust_remote_code,
     )
-    publish(partial, output, progress, seconds=time.monotonic() - started)
+    publish(partial, output, progress, seconds=time.monotonic() - started, guard=guard)
 
 
-def publish(partial: Path, output: Path, progress: ProgressWriter, seconds: float) -> None:
+class TermGuard:
+    """SIGTERM and SIGINT end the worker at once, as by default, except inside `publishing()`: there the signal
+    is remembered and honoured right after, so the model folder and "done" are written together.
+
+    NOTE: Python runs signal handlers in the main thread whichever thread the OS delivered the signal to, so the
+    threads torch and tqdm start cannot let a signal through (a per-thread signal mask would)."""
+
+    def __init__(self) -> None:
+        self._publishing = False
+        self._pending: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self._publishing:
+            self._pending = signum
+            return
+        os._exit(128 + signum)
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        self._publishing = True
+        try:
+            yield
+        finally:
+            self._publishing = False
+            if self._pending is not None:
+                os._exit(128 + self._pending)
+
+
+def publish(partial: Path, output: Path, progress: ProgressWriter, seconds: float, guard: TermGuard) -> None:
     """Rename the finished model into place and write "done" as one step: a cancel (SIGTERM) that arrives
     meanwhile waits until both are on disk, so a job never ends with only one of them."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    try:
+    with guard.publishing():
         if output.exists():
             output.rmdir()  # pre-flight allowed only an empty folder here
         os.replace(partial, output)
         progress.emit(phase="done", seconds=round(seconds, 3))
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,10 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     progress = ProgressWriter(Path(job["progress_path"]))
+    guard = TermGuard()
+    guard.install()
     sys.stdout = LineTee(sys.stdout, progress)
     sys.stderr = LineTee(sys.stderr, progress)
     try:
-        run(job, progress)
+        run(job, progress, guard)
     except BaseException as exc:
         progress.emit(phase="error", message=f"{type(exc).__name__}: {exc}"[:2000])
         raise

@@ -128,10 +128,15 @@ def test_a_job_row_this_version_cannot_read_never_holds_up_the_queue(settings: S
     try:
         services.store.insert_job(JobRecord(id="future01", kind="awq", spec_json="{}", state="PAUSED",
                                             resource="cpu", created_at=time.time() - 10))
+        # A queued job an older version left half-written (no job file, an odd output path): it fails alone.
+        services.store.insert_job(JobRecord(id="badpath1", kind="awq", spec_json="{}", state="QUEUED",
+                                            resource="cpu", created_at=time.time() - 5, output_dir="/tmp/a\x00b"))
         job = services.jobs.submit(AwqSpec(model_path=model_of(model_root), calib_source="none", device="cpu")).job
         assert job.state == "RUNNING"
         assert services.jobs.wait_for(job.id, JOB_FINAL, 30).state == "SUCCEEDED"
-        assert {j.id for j in services.jobs.snapshots()} == {job.id, "future01"}  # listed as it is, not a crash
+        assert {j.id for j in services.jobs.snapshots()} == {job.id, "future01", "badpath1"}  # listed, no crash
+        failed = services.jobs.get("badpath1")
+        assert failed.state == "FAILED" and "could not start" in failed.error
     finally:
         services.close()
 

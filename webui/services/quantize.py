@@ -33,6 +33,7 @@ from webui.services.quantize_spec import (
     TokenCounter,
     check_awq,
     cli_preview,
+    free_output_dir,
     hub_reachable,
     weight_bytes,
     worker_argv,
@@ -171,25 +172,36 @@ class JobManager:
         return str(target)
 
     def submit(self, spec: AwqSpec) -> SubmitOutcome:
-        """Pre-flight, queue, and start it at once when its device is free; never waits on a process."""
+        """Pre-flight, queue, and start it at once when its device is free; never waits on a process.
+
+        The checks (hub reachability, tokenizing calibration text) and the copy of calibration files happen
+        outside the lock, so a cancel or the monitor never waits for them; under it only the output folder is
+        claimed again and the row inserted.
+        """
+        checked = self.check(spec)
+        if isinstance(checked, list):
+            return SubmitOutcome(None, tuple(checked))
+        job_id = uuid.uuid4().hex[:8]
+        folder = self._jobs_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        calib_files = self._keep_calibration_files(checked.spec, folder)
+        job_file = folder / "job.json"
+        job_file.write_text(json.dumps({
+            "spec": checked.spec.to_json_dict(),
+            "model_dir": str(checked.model_dir),
+            "output_dir": str(checked.output_dir),
+            "partial_dir": str(checked.output_dir) + ".partial",
+            "progress_path": str(folder / "progress.jsonl"),
+            "calib_files": calib_files,
+            "size_before_bytes": checked.estimates.size_before_bytes,
+        }, indent=2))
         with self._lock:
-            checked = self.check(spec)
-            if isinstance(checked, list):
-                return SubmitOutcome(None, tuple(checked))
-            job_id = uuid.uuid4().hex[:8]
-            folder = self._jobs_dir / job_id
-            folder.mkdir(parents=True, exist_ok=True)
-            calib_files = self._keep_calibration_files(checked.spec, folder)
-            job_file = folder / "job.json"
-            job_file.write_text(json.dumps({
-                "spec": checked.spec.to_json_dict(),
-                "model_dir": str(checked.model_dir),
-                "output_dir": str(checked.output_dir),
-                "partial_dir": str(checked.output_dir) + ".partial",
-                "progress_path": str(folder / "progress.jsonl"),
-                "calib_files": calib_files,
-                "size_before_bytes": checked.estimates.size_before_bytes,
-            }, indent=2))
+            claimed = self._claimed_outputs()
+            if str(checked.output_dir) in claimed:  # another submit took it meanwhile
+                shutil.rmtree(folder, ignore_errors=True)
+                return SubmitOutcome(None, (FieldError("output_dir", "errors.output_claimed", {
+                    "path": str(checked.output_dir),
+                    "suggestion": str(free_output_dir(checked.output_dir, claimed))}),))
             self._store.insert_job(JobRecord(
                 id=job_id, kind="awq", spec_json=json.dumps(checked.spec.to_json_dict()), state=JobState.QUEUED,
                 resource=checked.spec.resource, created_at=time.time(), output_dir=str(checked.output_dir),
@@ -314,7 +326,12 @@ class JobManager:
             busy = {r.resource for r in records if holds_device(r.state)}
             for record in sorted(records, key=lambda r: r.created_at):
                 if record.state == JobState.QUEUED and record.resource not in busy:
-                    if self._start(record):
+                    try:
+                        started = self._start(record)
+                    except (OSError, ValueError) as exc:  # its output path unusable (EACCES, ESTALE…): it alone fails
+                        self._finish(record, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+                        started = False
+                    if started:
                         busy.add(record.resource)
 
     def _start(self, record: JobRecord) -> bool:

@@ -264,7 +264,9 @@ def test_memory_released_is_an_event_read_from_fresh_nvml(stand_in_nvml, setting
         services.servers.stop(server.id)
         assert services.servers.wait_for(server.id, {"STOPPED"}, 10).state == "STOPPED"
         # The processes are gone but NVML still lists the engine and the memory: nothing is claimed yet.
+        reads = stand_in_nvml.calls
         time.sleep(0.5)
+        assert stand_in_nvml.calls > reads  # the monitor did read NVML meanwhile
         kinds = [e.kind for e in services.store.events(server.id)]
         assert "memory_released" not in kinds
         stand_in_nvml.procs[0] = []
@@ -274,6 +276,38 @@ def test_memory_released_is_an_event_read_from_fresh_nvml(stand_in_nvml, setting
         assert services.servers.wait_for_event(server.id, {"memory_released"}, 5) == "memory_released"
         seconds = float(services.store.events(server.id)[-1].detail.split()[0])
         assert seconds >= 0.8
+    finally:
+        services.close()
+
+
+def test_memory_released_while_a_later_server_keeps_the_gpu_busy(stand_in_nvml, settings: Settings,
+                                                                 model_root: Path) -> None:
+    """A server started after this one, on the same GPU, keeps running: this one still counts as released once
+    its own processes are gone and the GPU dropped by what they held."""
+    from types import SimpleNamespace
+
+    services = Services.build(settings, argv_factory=fake_argv_factory("--grandchild"))
+    try:
+        first = services.servers.start(spec_for(model_root)).server
+        assert services.servers.wait_for(first.id, TERMINAL, 30).state == "READY"
+        engine = [p.pid for p in psutil.Process(first.pid).children(recursive=True)][0]
+        stand_in_nvml.procs[0] = [SimpleNamespace(pid=engine, usedGpuMemory=30 << 30)]
+        stand_in_nvml.used[0] = (5 << 30) + (30 << 30)
+        second = services.servers.start(spec_for(model_root, port=suggest_port(first.port + 1))).server
+        assert services.servers.wait_for(second.id, TERMINAL, 30).state == "READY"
+        later = [p.pid for p in psutil.Process(second.pid).children(recursive=True)][0]
+        stand_in_nvml.procs[0].append(SimpleNamespace(pid=later, usedGpuMemory=20 << 30))
+        stand_in_nvml.used[0] = (5 << 30) + (30 << 30) + (20 << 30)
+        services.servers.stop(first.id)
+        assert services.servers.wait_for(first.id, {"STOPPED"}, 10).state == "STOPPED"
+        reads = stand_in_nvml.calls
+        time.sleep(0.5)
+        assert stand_in_nvml.calls > reads  # the monitor did read NVML meanwhile
+        assert "memory_released" not in [e.kind for e in services.store.events(first.id)]  # still listed
+        stand_in_nvml.procs[0] = [SimpleNamespace(pid=later, usedGpuMemory=20 << 30)]
+        stand_in_nvml.used[0] = (5 << 30) + (20 << 30) + (100 << 20)
+        assert services.servers.wait_for_event(first.id, {"memory_released", "memory_not_released"},
+                                               5) == "memory_released"
     finally:
         services.close()
 

@@ -36,7 +36,7 @@ from webui.services.serve_spec import (
     suggest_port,
 )
 from webui.services.server_states import LIVE_STATES, ServerFacts, ServerState, decide_server, is_live
-from webui.services.store import ServerRecord, Store
+from webui.services.store import ServerRecord, Store, json_object
 
 __all__ = ("LIVE_STATES", "ServerManager", "ServerSnapshot", "ServerState", "StartOutcome", "normalize_base_url")
 
@@ -112,10 +112,10 @@ class _Stopping:
 
 @dataclass
 class _ReleaseWatch:
-    """After a stop: the pids and GPUs to watch until NVML shows the memory back."""
+    """After a stop: the pids to see gone, and for each GPU the used bytes it must be back under."""
 
     pids: frozenset[int]
-    baseline: dict[int, int]  # GPU index -> bytes used before the server started
+    limits: dict[int, int]  # GPU index -> bytes
     since: float
 
 
@@ -373,11 +373,15 @@ class ServerManager:
         return None
 
     # internals -----------------------------------------------------------------------------------
-    def _spawn(self, server_id: str, checked: CheckedSpec) -> None:
-        """Spawn the api_server for an existing row; a spawn that fails marks the row FAILED with the reason."""
+    def _spawn(self, server_id: str, checked: CheckedSpec, keep_baseline: bool = False) -> None:
+        """Spawn the api_server for an existing row; a spawn that fails marks the row FAILED with the reason.
+
+        The GPUs' memory is read first, as the level to come back to after a stop (kept across a restart, whose
+        reading could still hold the old process's memory)."""
         log_path = self._log_dir / f"server-{server_id}.log"
-        baseline = {d.index: d.used_bytes for d in self._gpu_devices()}
-        self._store.set_pref(_baseline_name(server_id), json.dumps(baseline))  # a re-attaching console needs it
+        if not (keep_baseline and self._store.get_pref(_baseline_name(server_id))):
+            baseline = {d.index: d.used_bytes for d in self._gpu_devices()}
+            self._store.set_pref(_baseline_name(server_id), json.dumps(baseline))  # a re-attaching console needs it
         spec = checked.spec
         now = time.time()
         handle = spawn_safely(self._supervisor, self._argv_factory(checked), log_path)
@@ -407,9 +411,10 @@ class ServerManager:
         ticket = self._supervisor.request_stop(handle, grace_s=self._stop_grace_s)
         self._stopping[record.id] = _Stopping(ticket, time.monotonic(), then_start)
         if self._gpu.available:
-            stored = _json_dict(self._store.get_pref(_baseline_name(record.id)))
+            pids = frozenset(tree | set(ticket.pids))
+            stored = json_object(self._store.get_pref(_baseline_name(record.id)) or "{}")
             baseline = {int(k): int(v) for k, v in stored.items()}
-            self._releases[record.id] = _ReleaseWatch(frozenset(tree | set(ticket.pids)), baseline, time.monotonic())
+            self._releases[record.id] = _ReleaseWatch(pids, self._release_limits(pids, baseline), time.monotonic())
 
     def _claimed_ports(self, exclude: str | None = None) -> set[int]:
         return {
@@ -469,10 +474,12 @@ class ServerManager:
             current = self._store.get_server(record.id)
             if current is None or (current.state, current.pid) != (record.state, record.pid):
                 return  # someone (a stop, a restart) moved it meanwhile
+            if record.id in self._stopping and not self._stopping[record.id].ticket.done:
+                return  # the root is gone but not yet its whole tree: STOPPED (or the restart) waits for all of it
             stopping = self._stopping.pop(record.id, None)
             changes: dict[str, Any] = {"state": transition.to.value, "ended_at": time.time(), "exit_code": exit_code}
             if transition.to == ServerState.STOPPED and stopping is not None:
-                report = stopping.ticket.wait(1.0)  # the process is gone; its ticket finishes within ms
+                report = stopping.ticket.report
                 seconds = time.monotonic() - stopping.requested_at
                 killed = bool(report and report.killed)
                 changes["detail"] = _detail("serve.detail.stopped_killed" if killed else "serve.detail.stopped",
@@ -491,7 +498,8 @@ class ServerManager:
             self._supervisor.forget(self._handle(record))
             if stopping is not None and stopping.then_start is not None:  # a restart: straight to STARTING
                 self._store.add_event(record.id, transition.event, event_detail)
-                self._spawn(record.id, stopping.then_start)
+                self._releases.pop(record.id, None)  # the new process will allocate: judge it at its own stop
+                self._spawn(record.id, stopping.then_start, keep_baseline=True)
                 self._monitor.wake()
                 return
             self._store.update_server(record.id, **changes)
@@ -528,9 +536,26 @@ class ServerManager:
             self._store.update_server(record.id, **changes)
             self._store.add_event(record.id, transition.event, detail, at=ready_at)
 
+    def _release_limits(self, pids: frozenset[int], baseline: dict[int, int]) -> dict[int, int]:
+        """Per GPU, where its used memory must come back to once the server is gone, read fresh at the stop.
+
+        On each GPU where the server's processes hold memory: that GPU's reading now minus what they hold (so a
+        server started later on the same GPU does not keep this one from counting as released), or the reading
+        before this server started if higher, plus 256 MiB. Where NVML names none of its processes, every GPU must
+        be back within 256 MiB of its reading before the start."""
+        held: dict[int, int] = {}
+        for proc in self._gpu.process_memory():
+            if proc.pid in pids:
+                held[proc.gpu_index] = held.get(proc.gpu_index, 0) + proc.used_bytes
+        now = {d.index: d.used_bytes for d in self._gpu_devices()}
+        if not held:
+            return {i: used + RELEASE_MARGIN_BYTES for i, used in baseline.items()}
+        return {i: max(baseline.get(i, 0), now.get(i, 0) - held_bytes) + RELEASE_MARGIN_BYTES
+                for i, held_bytes in held.items()}
+
     def _check_releases(self) -> None:
-        """After stops: record "memory_released" once fresh NVML reads show none of the server's pids and each
-        GPU it used back within 256 MiB of the reading before it started (never a cached sample)."""
+        """After stops: record "memory_released" once fresh NVML reads (never a cached sample) show none of the
+        server's pids and each GPU it used back under its limit (see _release_limits)."""
         if not self._releases:
             return
         held = self._gpu.process_memory()
@@ -539,15 +564,14 @@ class ServerManager:
             if server_id in self._stopping:
                 continue  # still stopping: its pids may still hold memory
             still = [p for p in held if p.pid in watch.pids]
-            over = {i: used for i, used in devices.items()
-                    if i in watch.baseline and used > watch.baseline[i] + RELEASE_MARGIN_BYTES}
+            over = {i: used for i, used in devices.items() if i in watch.limits and used > watch.limits[i]}
             waited = time.monotonic() - watch.since
             if not still and not over:
                 del self._releases[server_id]
                 self._store.add_event(server_id, "memory_released", f"{waited:.2f} s")
             elif waited > RELEASE_TIMEOUT_S:
                 del self._releases[server_id]
-                gpus = ", ".join(f"GPU {i}: {used >> 20} MiB (before start {watch.baseline[i] >> 20} MiB)"
+                gpus = ", ".join(f"GPU {i}: {used >> 20} MiB (limit {watch.limits[i] >> 20} MiB)"
                                  for i, used in sorted(over.items()))
                 pids = ", ".join(str(p.pid) for p in still)
                 self._store.add_event(server_id, "memory_not_released",
@@ -650,14 +674,6 @@ def _key_name(server_id: str) -> str:
 def _baseline_name(server_id: str) -> str:
     """The pref that keeps each GPU's used bytes from just before the server started (for "released")."""
     return f"serve.baseline.{server_id}"
-
-
-def _json_dict(text: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def normalize_base_url(raw: str) -> str:

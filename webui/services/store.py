@@ -98,7 +98,7 @@ class ServerRecord:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return _json_object(self.spec_json)
+        return json_object(self.spec_json)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class JobRecord:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return _json_object(self.spec_json)
+        return json_object(self.spec_json)
 
     @property
     def result(self) -> dict[str, Any]:
@@ -282,7 +282,7 @@ class Store:
             )
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
     """A stored JSON object; a damaged one reads as empty, so one bad row never breaks a listing."""
     try:
         data = json.loads(text)

@@ -97,6 +97,18 @@ def test_a_job_that_cannot_spawn_is_failed_and_the_queue_moves_on(settings: Sett
         services.close()
 
 
+def test_nothing_new_starts_once_the_console_is_shutting_down(settings: Settings, model_root: Path) -> None:
+    services = Services.build(settings, argv_factory=fake_argv_factory())
+    try:
+        services.servers.shutdown()
+        before = psutil.Process().children(recursive=True)
+        outcome = services.servers.start(spec_for(model_root))
+        assert outcome.server is None and [e.key for e in outcome.errors] == ["errors.console_closing"]
+        assert psutil.Process().children(recursive=True) == before and services.servers.snapshots() == []
+    finally:
+        services.close()
+
+
 def test_a_broken_row_is_reported_once_and_never_stops_the_others(settings: Settings, model_root: Path) -> None:
     services = Services.build(settings, argv_factory=fake_argv_factory())
     try:

@@ -208,7 +208,8 @@ def test_base_urls_are_normalized(raw: str, expected: str) -> None:
     assert normalize_base_url(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "not a url", "ftp://host", "http://host:99999", "http://"])
+@pytest.mark.parametrize("raw", ["", "not a url", "ftp://host", "http://host:99999", "http://",
+                                 "http://admin:s3cret@10.0.0.5:23333"])
 def test_bad_base_urls_are_refused(raw: str) -> None:
     with pytest.raises(ValueError):
         normalize_base_url(raw)

@@ -145,5 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A second Ctrl-C or SIGTERM must not cut the clean-up short: it is what stops the servers.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        demo.close()  # no request reaches the services while they stop
         services.close()
     return 0

@@ -169,6 +169,7 @@ class ServerManager:
         self._last_check: dict[str, float] = {}
         self._stopping: dict[str, _Stopping] = {}
         self._releases: dict[str, _ReleaseWatch] = {}
+        self._closing = False  # set by shutdown: nothing new is spawned once the console is on its way out
         self._move_keys_out_of_the_database()
         self._reattach()
         self._monitor: Monitor[ServerRecord] = Monitor(
@@ -231,6 +232,8 @@ class ServerManager:
     def start(self, spec: ServerSpec) -> StartOutcome:
         """Check, then spawn. Field errors come back with nothing spawned or stored."""
         with self._lock:
+            if self._closing:
+                return StartOutcome(None, (FieldError("model_path", "errors.console_closing", {}),))
             checked = self.check(spec)
             if isinstance(checked, list):
                 return StartOutcome(None, tuple(checked))
@@ -264,6 +267,8 @@ class ServerManager:
         if tool_call_parser is not None:
             spec = dataclasses.replace(spec, tool_call_parser=tool_call_parser)
         with self._lock:
+            if self._closing:
+                return StartOutcome(self.get(server_id), (FieldError("model_path", "errors.console_closing", {}),))
             checked = self.check(spec, exclude=server_id)
             if isinstance(checked, list):
                 return StartOutcome(self.get(server_id), tuple(checked))
@@ -343,6 +348,8 @@ class ServerManager:
 
     def shutdown(self, keep_running: bool = False) -> None:
         """Console exit: stop owned servers unless asked to keep them, all at once, and wait for them."""
+        with self._lock:
+            self._closing = True
         self._monitor.stop()
         if not keep_running:
             with self._lock:
@@ -687,6 +694,8 @@ def normalize_base_url(raw: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or not HOSTNAME.fullmatch(parts.hostname):
         raise ValueError(f"not an http(s) URL: {raw!r}")
     _ = parts.port  # raises ValueError for a port that is not a number in range
+    if parts.username or parts.password:  # it would be stored, listed and exported with the URL
+        raise ValueError(f"a URL with a user or password in it: {parts.hostname}; give the key as the API key")
     path = parts.path.rstrip("/")
     if path.endswith("/v1"):
         path = path[:-3]

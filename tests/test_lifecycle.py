@@ -259,6 +259,8 @@ def test_keys_stored_by_an_earlier_version_move_to_the_secrets_file(bare_setting
         assert "sk-legacy" not in again.store.get_server("old00001").spec_json
     finally:
         again.close()
+    for path in settings.state_dir.glob("console.sqlite3*"):  # not in free pages or the write-ahead log either
+        assert b"sk-legacy" not in path.read_bytes(), path
 
 
 def test_memory_released_is_an_event_read_from_fresh_nvml(stand_in_nvml, settings: Settings,

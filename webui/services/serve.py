@@ -612,11 +612,15 @@ class ServerManager:
 
     def _move_keys_out_of_the_database(self) -> None:
         """Rows written by earlier versions kept API keys in spec_json: move them to the secrets file."""
+        moved = False
         for record in self._store.list_servers():
             keys = record.spec.get("api_keys") or []
             if keys:
                 self._secrets.set(_key_name(record.id), [str(k) for k in keys])
                 self._store.update_server(record.id, spec_json=json.dumps({**record.spec, "api_keys": []}))
+                moved = True
+        if moved:
+            self._store.checkpoint()  # with secure_delete, no copy of the old text is left in the files
 
     def _require(self, server_id: str) -> ServerRecord:
         record = self._store.get_server(server_id)

@@ -162,6 +162,7 @@ class Store:
         self._conn.row_factory = sqlite3.Row
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA secure_delete=ON")  # rewritten rows leave no old text in free pages
             self._conn.executescript(SCHEMA)
         try:
             path.chmod(0o600)  # it holds API keys of the servers it started
@@ -178,6 +179,11 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file and empty it (after rewriting something secret)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._lock:

@@ -282,7 +282,8 @@ def check_awq(
     claimed_outputs: frozenset[str] = frozenset(),
     token_counter: Callable[[Path, str], tuple[int, bool]] = count_tokens,
 ) -> CheckedAwq | list[FieldError]:
-    """Every reason the job cannot run, or the checked job. Nothing is spawned and nothing is written here."""
+    """Every reason the job cannot run, or the checked job. Nothing is spawned and nothing is left behind here
+    (the only write is the probe folder that output_unwritable makes and removes)."""
     errors = too_long(("model_path", spec.model_path, MAX_PATH_CHARS), ("output_dir", spec.output_dir, MAX_PATH_CHARS),
                       ("calib_files", "\n".join(spec.calib_files), MAX_PATH_CHARS * 8),
                       ("text_field", spec.text_field, MAX_NAME_CHARS))
@@ -407,9 +408,10 @@ def check_awq(
 
 
 def output_unwritable(output: Path) -> FieldError | None:
-    """Why the output folder cannot be created there, found by trying (a regular file in the way, a read-only
-    file system, an immutable or foreign folder); None when a folder can be made beside it."""
-    parent = output
+    """Why the output folder cannot be made, found by trying where the worker will write: beside it (it writes
+    `<output>.partial` there and renames it). A regular file in the way, a read-only file system, an immutable or
+    foreign folder are named; None when a folder can be made there. The probe folder is removed at once."""
+    parent = output.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():

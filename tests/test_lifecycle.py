@@ -164,13 +164,13 @@ def test_stop_returns_at_once_and_shutdown_stops_servers_in_parallel(settings: S
             assert services.servers.wait_for(server.id, TERMINAL, 30).state == "READY"
         asked = time.monotonic()
         assert services.servers.stop(first.id).state == "STOPPING"
-        assert time.monotonic() - asked < 0.3  # a server that ignores SIGTERM still does not hold the call
+        assert time.monotonic() - asked < 0.9  # it ignores SIGTERM for its 1 s grace: a waiting call would take longer
         stopped = services.servers.wait_for(first.id, {"STOPPED"}, 10)
         assert stopped.detail == "serve.detail.stopped_killed"
         began = time.monotonic()
         services.close()
         took = time.monotonic() - began
-        assert took < 2.5, took  # three servers, each needing the 1 s grace and a SIGKILL: in parallel
+        assert took < 2.8, took  # three servers needing the 1 s grace and a SIGKILL each: one after another would take 3 s
         for server in (second, third):
             assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == psutil.STATUS_ZOMBIE
     finally:

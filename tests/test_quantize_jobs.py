@@ -109,7 +109,7 @@ def test_cancel_mid_run_leaves_nothing_behind(services: Services, model: str) ->
     tree = [record.pid, *[c.pid for c in psutil.Process(record.pid).children(recursive=True)]]
     asked = time.monotonic()
     assert services.jobs.cancel(job.id).state == "CANCELLING"
-    assert time.monotonic() - asked < 0.5  # the call signals and returns
+    assert time.monotonic() - asked < 1.0  # the call signals and returns
     cancelled = services.jobs.wait_for(job.id, FINAL, 15)
     assert cancelled.state == "CANCELLED"
     assert all(gone(pid) for pid in tree)

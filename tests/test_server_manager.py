@@ -50,7 +50,7 @@ def test_start_ready_stop(fake_services: Services, model_root: Path) -> None:
     assert len(tree) >= 2  # the stand-in's engine worker
     asked = time.monotonic()
     stopping = manager.stop(server.id)
-    assert time.monotonic() - asked < 0.5  # the call signals and returns; it never waits for the process
+    assert time.monotonic() - asked < 1.0  # the call signals and returns; it never waits for the process
     assert stopping.state == "STOPPING"
     stopped = manager.wait_for(server.id, {"STOPPED"}, timeout_s=10)
     assert stopped.state == "STOPPED" and stopped.detail == "serve.detail.stopped"

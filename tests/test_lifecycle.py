@@ -170,7 +170,7 @@ def test_stop_returns_at_once_and_shutdown_stops_servers_in_parallel(settings: S
         began = time.monotonic()
         services.close()
         took = time.monotonic() - began
-        assert took < 2.8, took  # three servers needing the 1 s grace and a SIGKILL each: one after another would take 3 s
+        assert took < 2.8, took  # 3 servers, each 1 s grace + SIGKILL: one after another would take 3 s
         for server in (second, third):
             assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == psutil.STATUS_ZOMBIE
     finally:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx2 as httpx  # the transport of openai 3; its errors surface from a stream
 import openai
 
-from webui.services.serve import ServerManager, normalize_base_url
+from webui.services.serve import ServerManager, ServerState, normalize_base_url
 from webui.services.serve_spec import FieldError
 from webui.services.tools import ToolCallAssembler
 
@@ -168,7 +168,7 @@ class ChatService:
         snap = self._servers.get(server_id) if server_id else self._servers.active()
         if snap is None:
             raise ChatError("no_server", "no active server: start one on the Serve tab or enter a URL")
-        if snap.state != "READY":
+        if snap.state != ServerState.READY:
             raise ChatError("not_ready", f"server {snap.id} is {snap.state}, not READY")
         key = self._servers.api_key(snap.id)
         lmdeploy = snap.owned or self._is_lmdeploy(snap.base_url, key)

@@ -115,9 +115,6 @@ class ErrorLimiter:
         except Exception:  # the database itself may be what fails; the log line above already tells
             log.exception("%s: could not record the error event", self._source)
 
-    def clear(self, key: str) -> None:
-        self._last.pop(key, None)
-
 
 class Monitor(Generic[R]):
     """A daemon loop: every interval (or at once when woken) it checks each record in its own `try`, then

@@ -603,8 +603,6 @@ class ServerManager:
         """The spec as stored: its API keys go to the secrets file, never into the database."""
         if spec.api_keys:
             self._secrets.set(_key_name(server_id), list(spec.api_keys))
-        elif not self._keys(server_id):
-            self._secrets.delete(_key_name(server_id))
         return json.dumps(dataclasses.replace(spec, api_keys=()).to_json_dict())
 
     def _spec_of(self, record: ServerRecord) -> ServerSpec:

@@ -134,7 +134,7 @@ class ToolLoop:
                         else:
                             final = event
                 except ChatError as exc:
-                    if exc.kind != "stream_broken":
+                    if exc.kind not in ("stream_broken", "empty_reply"):  # those two: ask once without streaming
                         run.error = {"kind": exc.kind, "message": exc.message}
                         yield run
                         return

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from gradio_client import Client  # noqa: E402
 
 from tests.conftest import fake_argv_factory  # noqa: E402
-from webui.app import build_app  # noqa: E402
+from webui.app import build_app, prepare_to_serve  # noqa: E402
 from webui.services.container import Services  # noqa: E402
 from webui.services.serve_spec import suggest_port  # noqa: E402
 from webui.settings import Settings  # noqa: E402
@@ -148,7 +148,7 @@ class Bench:
         settings = Settings(state_dir=tmp / "state", model_roots=(self.model.parent,))
         self.services = Services.build(settings, argv_factory=fake_argv_factory("--grandchild"))
         self.demo, launch_kwargs = build_app(self.services)
-        self.demo.queue(max_size=64, default_concurrency_limit=4)  # as webui.cli launches it
+        prepare_to_serve(self.demo)  # as webui.cli launches it
         port = suggest_port(19860)
         self.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                          **launch_kwargs)

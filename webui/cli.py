@@ -118,12 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings)
     # Imported late so `--help` and option errors answer instantly.
-    from webui.app import build_app
+    from webui.app import build_app, prepare_to_serve
     from webui.services.container import Services
 
     services = Services.build(settings)
     demo, launch_kwargs = build_app(services)
-    demo.queue(max_size=64, default_concurrency_limit=4)
+    prepare_to_serve(demo)
 
     def _terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

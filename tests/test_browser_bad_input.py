@@ -39,6 +39,7 @@ def test_a_server_that_cannot_be_spawned_shows_failed_with_the_reason(browser, b
     page.get_by_role("tab", name="Serve").click()
     expect(page.locator("#serve-form-status")).to_contain_text("Ready to start", timeout=TIMEOUT_MS)
     page.locator("#serve-start").click()
+    expect(page.locator("#serve-message")).to_contain_text("could not be started", timeout=TIMEOUT_MS)
     detail = page.locator("#serve-detail")
     expect(detail).to_contain_text("Failed", timeout=TIMEOUT_MS)
     expect(detail).to_contain_text("could not start the process at all", timeout=TIMEOUT_MS)

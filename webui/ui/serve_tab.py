@@ -134,7 +134,10 @@ class ServeHandlers:
         outcome = self.manager.start(form.values.to_spec())
         if outcome.server is None:
             return format_errors(self.catalog, outcome.errors, locale, "serve"), "", form.values.port
-        msg = self.catalog.text("serve.msg.started", locale, id=outcome.server.id, url=outcome.server.base_url)
+        if outcome.server.state == ServerState.FAILED:  # the process could not even be spawned: say so here too
+            msg = self.catalog.text("serve.msg.spawn_failed", locale, id=outcome.server.id)
+        else:
+            msg = self.catalog.text("serve.msg.started", locale, id=outcome.server.id, url=outcome.server.base_url)
         return msg, outcome.server.id, self.manager.suggest_port()
 
     def stop_server(self, server_id: str | None, request: gr.Request) -> str:

@@ -69,6 +69,7 @@ class _Repo:
     files: dict[str, RepoFile]
     corrupt: set[str] = field(default_factory=set)
     drops: dict[str, list[int]] = field(default_factory=dict)  # path -> [nbytes, times left, reset]
+    listed_sizes: dict[str, int] = field(default_factory=dict)  # path -> size the listings claim instead
 
 
 def is_lfs(path: str, size: int) -> bool:
@@ -305,6 +306,12 @@ class HubEndpoint:
         with self._lock:
             repo.drops[path] = [nbytes, times, int(reset)]
 
+    def advertise_size(self, repo_id: str, path: str, size: int) -> None:
+        """Make the model info list that file at `size` (a repo too big for the disk) without serving it."""
+        repo = self._repos[repo_id]
+        with self._lock:
+            repo.listed_sizes[path] = size
+
     def set_throttle(self, bps: int) -> None:
         """Bytes per second per response (0: unlimited); responses already under way keep their rate."""
         self._throttle = max(0, bps)
@@ -396,10 +403,11 @@ class HubEndpoint:
         siblings: list[dict[str, Any]] = []
         for f in repo.files.values():
             sibling: dict[str, Any] = {"rfilename": f.path}
+            size = repo.listed_sizes.get(f.path, f.size)
             if blobs:
-                sibling.update(size=f.size, blobId=f.blob_id)
+                sibling.update(size=size, blobId=f.blob_id)
                 if f.sha256 is not None:
-                    sibling["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": POINTER_SIZE}
+                    sibling["lfs"] = {"sha256": f.sha256, "size": size, "pointerSize": POINTER_SIZE}
             siblings.append(sibling)
         author = repo.repo_id.split("/")[0] if "/" in repo.repo_id else None
         return {

@@ -61,8 +61,10 @@ You are a helpful assistant.<|im_end|>
 
 
 def build_tiny_model(out: Path, arch: str = "llama", layers: int = 4) -> Path:
-    """Write config.json, model.safetensors, tokenizer files and a chat template into `out`."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Write config.json, model.safetensors, tokenizer files and a chat template into `out`.
+
+    Nothing here asks a hub; `HF_HUB_OFFLINE` is not set for the caller, since `huggingface_hub` reads it once
+    at import and the download tests in the same process talk to a local hub endpoint."""
     from pydoc_data.topics import topics
 
     import torch

@@ -19,6 +19,24 @@ def default_state_dir() -> Path:
     return Path(base).expanduser() / "lmdeploy-console"
 
 
+def default_hf_cache_dir() -> Path:
+    """The Hugging Face cache `lmdeploy` and `hf download` use: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    $XDG_CACHE_HOME/huggingface/hub (the client's own order)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                                            / "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def default_hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def default_hub_mirror() -> str:
+    return (os.environ.get("LMDEPLOY_CONSOLE_HF_MIRROR") or "https://hf-mirror.com").rstrip("/")
+
+
 def is_loopback(host: str) -> bool:
     """True when `host` only accepts connections from this machine."""
     if host.lower() in LOOPBACK_NAMES:
@@ -42,6 +60,9 @@ class Settings:
     lmdeploy_python: str = ""
     keep_servers: bool = False
     gpu_sample_hz: float = 2.0
+    hf_cache_dir: Path = field(default_factory=default_hf_cache_dir)
+    hub_endpoint: str = field(default_factory=default_hub_endpoint)
+    hub_mirror: str = field(default_factory=default_hub_mirror)
 
     @property
     def db_path(self) -> Path:
@@ -63,6 +84,11 @@ class Settings:
     @property
     def upload_dir(self) -> Path:
         return self.state_dir / "uploads"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where downloads land as plain model folders (always one of the model roots)."""
+        return self.state_dir / "models"
 
     @property
     def jobs_dir(self) -> Path:

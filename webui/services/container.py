@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 
 from webui.services.chat import ChatService
+from webui.services.downloads import DownloadArgv, DownloadManager
 from webui.services.gpu import GpuProbe, GpuSampler
 from webui.services.memory import MemoryService
 from webui.services.models import ModelRoots
@@ -30,6 +31,7 @@ class Services:
     gpu: GpuProbe
     servers: ServerManager
     jobs: JobManager
+    downloads: DownloadManager
     chat: ChatService
     tool_loop: ToolLoop
     memory: MemoryService
@@ -37,28 +39,34 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, argv_factory: ArgvFactory | None = None,
-              job_argv: JobArgv | None = None) -> Services:
+              job_argv: JobArgv | None = None, download_argv: DownloadArgv | None = None) -> Services:
         for folder in (settings.state_dir, settings.log_dir, settings.output_dir, settings.upload_dir,
-                       settings.jobs_dir):
+                       settings.jobs_dir, settings.models_dir):
             folder.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_path)
         secrets = SecretStore(settings.secrets_path)
         supervisor = ProcessSupervisor()
-        # Outputs and uploads are always readable: a quantized model must be servable, an upload usable.
-        roots = ModelRoots((*(settings.model_roots or (settings.state_dir,)), settings.output_dir,
-                            settings.upload_dir))
         gpu = GpuProbe()
+        downloads = DownloadManager(store, supervisor, secrets, gpu, settings.models_dir, settings.hf_cache_dir,
+                                    settings.jobs_dir, settings.hub_endpoint, settings.hub_mirror,
+                                    download_argv=download_argv)
+        # Outputs, uploads and downloads are always readable: a quantized or downloaded model must be servable,
+        # an upload usable; so is the Hugging Face cache that LMDeploy itself downloads into.
+        roots = ModelRoots((*(settings.model_roots or (settings.state_dir,)), settings.output_dir,
+                            settings.upload_dir, settings.models_dir, settings.hf_cache_dir),
+                           local_repo=downloads.local_path)
         python = settings.lmdeploy_python or sys.executable
         servers = ServerManager(store, supervisor, roots, gpu, settings.log_dir, python=python,
-                                secrets=secrets, argv_factory=argv_factory)
+                                secrets=secrets, argv_factory=argv_factory, child_env=downloads.child_env)
         jobs = JobManager(store, supervisor, roots, gpu, settings.output_dir, settings.jobs_dir, python=python,
-                          job_argv=job_argv)
+                          job_argv=job_argv, child_env=downloads.child_env)
         chat = ChatService(servers)
         # One NVML reader for the whole app, however many browsers watch the Memory tab.
         sampler = GpuSampler(gpu, hz=settings.gpu_sample_hz)
         sampler.start()
         memory = MemoryService(sampler, store, supervisor, roots)
-        return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, chat, ToolLoop(chat), memory)
+        return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, downloads, chat, ToolLoop(chat),
+                   memory)
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""
@@ -68,6 +76,7 @@ class Services:
         keep = self.settings.keep_servers if keep_servers is None else keep_servers
         self.chat.close()
         self.jobs.shutdown()
+        self.downloads.shutdown()
         self.servers.shutdown(keep_running=keep)
         self.memory.sampler.stop()
         self.gpu.close()

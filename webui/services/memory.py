@@ -107,7 +107,7 @@ class MemoryService:
     def _job_phases(self, since: float) -> list[dict[str, Any]]:
         """Where each quantization job entered each phase (from its progress file), for jobs in the window."""
         marks = []
-        for job in self._store.list_jobs():
+        for job in self._store.list_jobs("awq"):  # a download's progress file is one JSON object, not events
             if not job.progress_path or not job.started_at or (job.ended_at or since) < since:
                 continue
             seen: set[str] = set()

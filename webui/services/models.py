@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+from webui.services.hub import looks_like_repo_id
 
 SKIP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", ".git", "logs"})
 MAX_SCAN_DEPTH = 3
@@ -62,16 +64,26 @@ class ModelInfo:
 class ModelRoots:
     """The folders the console may read models from and write outputs to; app-scoped and immutable."""
 
-    def __init__(self, roots: Sequence[Path]) -> None:
+    def __init__(self, roots: Sequence[Path], local_repo: Callable[[str], Path | None] | None = None) -> None:
         self.roots = tuple(Path(os.path.realpath(Path(r).expanduser())) for r in roots)
+        self._local_repo = local_repo
 
     def resolve(self, raw: str) -> Path | PathProblem:
-        """The real folder that `raw` names, or why it is refused (also through `..` and symlinks)."""
+        """The real folder that `raw` names, or why it is refused (also through `..` and symlinks).
+
+        `org/name` that is not a folder here is a hub repo id: its download (or the Hugging Face cache's copy)
+        is used, and one not on disk yet is refused with the way to download it; nothing is fetched here.
+        """
         text = (raw or "").strip()
         if not text:
             return PathProblem("errors.model_required", {})
         if "\x00" in text:
             return PathProblem("errors.path_invalid", {"path": text.replace("\x00", "\\0")})
+        if self._local_repo is not None and looks_like_repo_id(text) and not os.path.exists(text):
+            local = self._local_repo(text)
+            if local is None:
+                return PathProblem("errors.repo_not_downloaded", {"repo": text})
+            text = str(local)
         path = Path(os.path.realpath(Path(text).expanduser()))
         if not self.contains(path):
             return PathProblem(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = ("JobManager", "JobSnapshot", "JobState", "SubmitOutcome")
 
 log = logging.getLogger(__name__)
 
+KIND = "awq"
 TICK_S = 0.1
 HUB_RECHECK_S = 60.0
 CANCEL_GRACE_S = 5.0
@@ -107,6 +109,7 @@ class JobManager:
         jobs_dir: Path,
         python: str,
         job_argv: JobArgv | None = None,
+        child_env: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._store = store
         self._supervisor = supervisor
@@ -115,6 +118,7 @@ class JobManager:
         self._output_root = output_root
         self._jobs_dir = jobs_dir
         self._job_argv = job_argv or (lambda job_file: worker_argv(python, job_file))
+        self._child_env = child_env or dict
         self._lock = threading.RLock()
         self._hub_seen: tuple[float, bool] = (-HUB_RECHECK_S, False)
         self._tokens = TokenCounter()
@@ -144,7 +148,7 @@ class JobManager:
 
     def snapshots(self) -> list[JobSnapshot]:
         """Every job; a row it cannot read (written by a newer version?) is left out, with a warning."""
-        records = self._store.list_jobs()
+        records = self._store.list_jobs(KIND)
         queue = self._queue(records)
         snapshots = []
         for record in records:
@@ -155,11 +159,11 @@ class JobManager:
         return snapshots
 
     def get(self, job_id: str) -> JobSnapshot | None:
-        record = self._store.get_job(job_id)
-        return self._snapshot(record, self._queue(self._store.list_jobs())) if record else None
+        record = self._store.get_job(job_id, KIND)
+        return self._snapshot(record, self._queue(self._store.list_jobs(KIND))) if record else None
 
     def log(self, job_id: str, max_lines: int = 200) -> list[str]:
-        record = self._store.get_job(job_id)
+        record = self._store.get_job(job_id, KIND)
         return tail(record.log_path, max_lines=max_lines) if record and record.log_path else []
 
     # actions -------------------------------------------------------------------------------------
@@ -203,7 +207,7 @@ class JobManager:
                     "path": str(checked.output_dir),
                     "suggestion": str(free_output_dir(checked.output_dir, claimed))}),))
             self._store.insert_job(JobRecord(
-                id=job_id, kind="awq", spec_json=json.dumps(checked.spec.to_json_dict()), state=JobState.QUEUED,
+                id=job_id, kind=KIND, spec_json=json.dumps(checked.spec.to_json_dict()), state=JobState.QUEUED,
                 resource=checked.spec.resource, created_at=time.time(), output_dir=str(checked.output_dir),
                 job_file=str(job_file), log_path=str(folder / "job.log"),
                 progress_path=str(folder / "progress.jsonl"), layers=checked.layers,
@@ -220,7 +224,7 @@ class JobManager:
         output and no half-written folder: never both.
         """
         with self._lock:
-            record = self._store.get_job(job_id)
+            record = self._store.get_job(job_id, KIND)
             if record is None:
                 raise KeyError(job_id)
             if record.state == JobState.QUEUED:
@@ -260,7 +264,7 @@ class JobManager:
         return kept
 
     def _claimed_outputs(self) -> frozenset[str]:
-        return frozenset(r.output_dir for r in self._store.list_jobs() if is_live_job(r.state))
+        return frozenset(r.output_dir for r in self._store.list_jobs(KIND) if is_live_job(r.state))
 
     def _queue(self, records: list[JobRecord]) -> dict[str, int]:
         """Queue position per queued job (1 = next), in submission order per device."""
@@ -273,7 +277,7 @@ class JobManager:
         return positions
 
     def _live_jobs(self) -> list[JobRecord]:
-        return [r for r in self._store.list_jobs() if holds_device(r.state)]
+        return [r for r in self._store.list_jobs(KIND) if holds_device(r.state)]
 
     def _handle(self, record: JobRecord) -> ProcessHandle | None:
         return handle_of(record.pid, record.create_time, record.log_path)
@@ -303,7 +307,7 @@ class JobManager:
         if transition is None:
             return
         with self._lock:
-            current = self._store.get_job(record.id)
+            current = self._store.get_job(record.id, KIND)
             if current is None or (current.state, current.pid) != (record.state, record.pid):
                 return
             if transition.remove_output:
@@ -322,7 +326,7 @@ class JobManager:
     def _schedule(self) -> None:
         """Start the oldest queued job of every free device; deterministic, and quick (a spawn, no waiting)."""
         with self._lock:
-            records = self._store.list_jobs()
+            records = self._store.list_jobs(KIND)
             busy = {r.resource for r in records if holds_device(r.state)}
             for record in sorted(records, key=lambda r: r.created_at):
                 if record.state == JobState.QUEUED and record.resource not in busy:
@@ -340,7 +344,9 @@ class JobManager:
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
             self._finish(record, JobState.FAILED, error=f"output folder {output} was filled while the job waited")
             return False
-        handle = spawn_safely(self._supervisor, self._job_argv(Path(record.job_file)), Path(record.log_path))
+        extra_env = self._child_env()  # the hub token, if one is saved: only ever through the environment
+        handle = spawn_safely(self._supervisor, self._job_argv(Path(record.job_file)), Path(record.log_path),
+                              env={**os.environ, **extra_env} if extra_env else None)
         if isinstance(handle, SpawnFailure):
             self._finish(record, JobState.FAILED,
                          error=f"could not start {handle.program}: {handle.reason} ({handle.errno or 'no errno'})")
@@ -390,7 +396,7 @@ class JobManager:
             quant_config = {}
         reported_gpu = max((float(e.get("gpu_gb", 0)) for e in events), default=0.0)
         seconds = next((float(e["seconds"]) for e in reversed(events) if e.get("phase") == "done"), None)
-        fresh = self._store.get_job(record.id) or record
+        fresh = self._store.get_job(record.id, KIND) or record
         return {
             "size_before_bytes": size_before,
             "size_after_bytes": size_after,

@@ -10,11 +10,12 @@ import dataclasses
 import http.client
 import json
 import logging
+import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ class ServerManager:
         secrets: SecretStore,
         argv_factory: ArgvFactory | None = None,
         stop_grace_s: float = 5.0,
+        child_env: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._store = store
         self._supervisor = supervisor
@@ -165,6 +167,7 @@ class ServerManager:
         self._secrets = secrets
         self._argv_factory = argv_factory or (lambda checked: build_argv(checked, python))
         self._stop_grace_s = stop_grace_s
+        self._child_env = child_env or dict
         self._lock = threading.RLock()
         self._last_check: dict[str, float] = {}
         self._stopping: dict[str, _Stopping] = {}
@@ -391,7 +394,9 @@ class ServerManager:
             self._store.set_pref(_baseline_name(server_id), json.dumps(baseline))  # a re-attaching console needs it
         spec = checked.spec
         now = time.time()
-        handle = spawn_safely(self._supervisor, self._argv_factory(checked), log_path)
+        extra_env = self._child_env()  # the hub token, if one is saved: only ever through the environment
+        handle = spawn_safely(self._supervisor, self._argv_factory(checked), log_path,
+                              env={**os.environ, **extra_env} if extra_env else None)
         common: dict[str, Any] = {
             "phase": PHASES[0].key, "log_path": str(log_path), "base_url": spec.base_url,
             "model_id": spec.model_name or str(checked.model_dir), "started_at": now, "ready_at": None,

@@ -248,12 +248,15 @@ class Store:
             raise KeyError(job_id)
         return record
 
-    def get_job(self, job_id: str) -> JobRecord | None:
+    def get_job(self, job_id: str, kind: str | None = None) -> JobRecord | None:
         rows = self._rows("jobs", "WHERE id = ?", (job_id,))
-        return JobRecord(**rows[0]) if rows else None
+        return JobRecord(**rows[0]) if rows and kind in (None, rows[0]["kind"]) else None
 
-    def list_jobs(self) -> list[JobRecord]:
-        return [JobRecord(**r) for r in self._rows("jobs")]
+    def list_jobs(self, kind: str | None = None) -> list[JobRecord]:
+        """All jobs, or those of one kind ("awq", "download"): each manager reads only its own."""
+        if kind is None:
+            return [JobRecord(**r) for r in self._rows("jobs")]
+        return [JobRecord(**r) for r in self._rows("jobs", "WHERE kind = ?", (kind,))]
 
     # events --------------------------------------------------------------------------------------
     def add_event(self, source: str, kind: str, detail: str = "", at: float | None = None) -> None:

@@ -10,21 +10,19 @@ leaves a folder that looks like a finished model. Local calibration text replace
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from webui.services.awq_progress import parse_line
 from webui.services.quantize_spec import AwqSpec, read_calibration_text, sample_corpus
+from webui.workers.term_guard import TermGuard
 
 
 class ProgressWriter:
@@ -135,38 +133,6 @@ def run(job: dict[str, Any], progress: ProgressWriter, guard: TermGuard) -> None
         trust_remote_code=spec.trust_remote_code,
     )
     publish(partial, output, progress, seconds=time.monotonic() - started, guard=guard)
-
-
-class TermGuard:
-    """SIGTERM and SIGINT end the worker at once, as by default, except inside `publishing()`: there the signal
-    is remembered and honoured right after, so the model folder and "done" are written together.
-
-    NOTE: Python runs signal handlers in the main thread whichever thread the OS delivered the signal to, so the
-    threads torch and tqdm start cannot let a signal through (a per-thread signal mask would)."""
-
-    def __init__(self) -> None:
-        self._publishing = False
-        self._pending: int | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        if self._publishing:
-            self._pending = signum
-            return
-        os._exit(128 + signum)
-
-    @contextlib.contextmanager
-    def publishing(self) -> Iterator[None]:
-        self._publishing = True
-        try:
-            yield
-        finally:
-            self._publishing = False
-            if self._pending is not None:
-                os._exit(128 + self._pending)
 
 
 def publish(partial: Path, output: Path, progress: ProgressWriter, seconds: float, guard: TermGuard) -> None:

@@ -118,6 +118,7 @@ def test_quantize_a_tiny_model_then_serve_it(browser, console_url) -> None:
     url, model = console_url
     page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1400})
     page.goto(url)
+    page.get_by_role("tab", name="Quantize").click()  # the page opens on Models
     preflight = page.locator("#quantize-preflight")
     expect(page.locator("#quantize-model-path input")).to_have_value(str(model), timeout=TIMEOUT_MS)
     page.get_by_test_id("cpu-radio-label").click()

@@ -127,6 +127,12 @@ def test_every_tab_in_chinese_shows_no_english_sentence(browser, zh_console) -> 
     page = browser.new_page(locale="zh-CN", viewport={"width": 1400, "height": 1400})
     page.goto(url)
 
+    # Models, where the page opens: the form, the token box, an empty downloads list.
+    expect(page.locator("#models-download")).to_have_text("下载", timeout=TIMEOUT_MS)
+    expect(page.locator("#models-token-status")).to_contain_text("未保存令牌", timeout=TIMEOUT_MS)
+    check("models")
+    page.get_by_role("tab", name="模型量化", exact=True).click()
+
     # Quantize: the finished job (result card), the form's pre-flight (cuda without a GPU is refused).
     detail = page.locator("#quantize-detail")
     expect(detail).to_contain_text("已完成", timeout=TIMEOUT_MS)

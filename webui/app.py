@@ -11,6 +11,7 @@ from webui.i18n.catalog import Catalog
 from webui.services.container import Services
 from webui.ui.chat_tab import ChatHandlers, build_chat_tab
 from webui.ui.memory_tab import MemoryHandlers, build_memory_tab
+from webui.ui.models_tab import ModelsHandlers, build_models_tab
 from webui.ui.quantize_tab import QuantizeHandlers, build_quantize_tab
 from webui.ui.serve_tab import ServeHandlers, build_serve_tab
 from webui.ui.target_picker import TargetHandlers
@@ -28,6 +29,9 @@ CSS = """
 #quantize-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
 #serve-detail progress { width: 40%; vertical-align: middle; }
 #serve-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
+#models-detail progress { width: 40%; vertical-align: middle; }
+#models-detail .download-files td { padding: 1px 8px; border: none; }
+#models-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
 """
 
 
@@ -64,11 +68,16 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
     chat = ChatHandlers(services.chat, targets, catalog)
     tools = ToolsHandlers(services.tool_loop, targets, services.servers, services.roots, catalog)
     memory = MemoryHandlers(services.memory, services.servers, services.roots, catalog)
+    models = ModelsHandlers(services.downloads, catalog)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
         with gr.Tabs() as tabs:
+            # The loop starts with a model: a newcomer with nothing on disk gets one here.
+            with gr.Tab(i18n("tabs.models"), id="models") as models_tab:
+                models_ui = build_models_tab(demo, models, i18n)
             with gr.Tab(i18n("tabs.quantize"), id="quantize") as quantize_tab:
-                serve_this, job, quantize_message, quantize_timer = build_quantize_tab(demo, quantize, i18n)
+                serve_this, job, quantize_message, quantize_timer, quantize_model = build_quantize_tab(
+                    demo, quantize, i18n)
             with gr.Tab(i18n("tabs.serve"), id="serve") as serve_tab:
                 serve_form, serve_timer = build_serve_tab(demo, serve, i18n)
             with gr.Tab(i18n("tabs.chat"), id="chat") as chat_tab:
@@ -78,21 +87,30 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
             with gr.Tab(i18n("tabs.memory"), id="memory") as memory_tab:
                 memory_timer, memory_open = build_memory_tab(memory, i18n)
         # Only the visible tab polls its services.
-        timers = [quantize_timer, serve_timer, memory_timer]
+        timers = [models_ui.timer, quantize_timer, serve_timer, memory_timer]
         quiet: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
-        quantize_tab.select(_timers(True, False, False), None, timers, **quiet)
-        serve_tab.select(_timers(False, True, False), None, timers, **quiet)
-        memory_tab.select(_timers(False, False, True), None, timers, **quiet)
+        models_tab.select(_timers(True, False, False, False), None, timers, **quiet)
+        quantize_tab.select(_timers(False, True, False, False), None, timers, **quiet)
+        serve_tab.select(_timers(False, False, True, False), None, timers, **quiet)
+        memory_tab.select(_timers(False, False, False, True), None, timers, **quiet)
         for fn, inputs, outputs in memory_open:
             memory_tab.select(fn, inputs, outputs, **quiet)
-        demo.load(_timers(True, False, False), None, timers, **quiet)
+        demo.load(_timers(True, False, False, False), None, timers, **quiet)
         # Chat and Tools poll nothing; opening them lists the READY servers (the active one first).
         for tab, picker in ((chat_tab, chat_picker), (tools_tab, tools_picker)):
-            tab.select(_timers(False, False, False), None, timers, **quiet)
+            tab.select(_timers(False, False, False, False), None, timers, **quiet)
             tab.select(targets.refresh_targets, picker.target, [picker.target, picker.url_row], **quiet)
             demo.load(targets.refresh_targets, picker.target, [picker.target, picker.url_row], **quiet)
         serve_this.click(quantize.serve_this, job,
                          [serve_form.model_path, serve_form.model_format, tabs, quantize_message],
-                         api_visibility="private").then(_timers(False, True, False), None, timers, **quiet)
+                         api_visibility="private").then(_timers(False, False, True, False), None, timers, **quiet)
+        models_ui.serve_this.click(models.serve_this, models_ui.selected,
+                                   [serve_form.model_path, serve_form.model_format, tabs, models_ui.message],
+                                   api_visibility="private").then(_timers(False, False, True, False), None, timers,
+                                                                  **quiet)
+        models_ui.quantize_this.click(models.quantize_this, models_ui.selected,
+                                      [quantize_model, tabs, models_ui.message],
+                                      api_visibility="private").then(_timers(False, True, False, False), None,
+                                                                     timers, **quiet)
     launch_kwargs: dict[str, Any] = {"i18n": i18n, "css": CSS, "theme": gr.themes.Soft()}
     return demo, launch_kwargs

@@ -249,7 +249,7 @@ class QuantizeHandlers:
     ]:
         """Timer tick: table, job choices, detail, log and the buttons that fit the job's state."""
         detail, log = self.job_detail(job_id, request)
-        return (self.list_jobs(request), self._job_choices(job_id, locale_of(request)), detail, log,
+        return (self.list_jobs(request), self._job_choices(job_id, locale_of(request), keep=True), detail, log,
                 *self.controls(job_id))
 
     def show_selected(self, job_id: str | None, request: gr.Request) -> tuple[str, str, gr.Button, gr.Button]:
@@ -290,11 +290,15 @@ class QuantizeHandlers:
         return job.as_dict() if job else {}
 
     # helpers -------------------------------------------------------------------------------------
-    def _job_choices(self, selected: str | None, locale: str) -> gr.Dropdown:
+    def _job_choices(self, selected: str | None, locale: str, keep: bool = False) -> gr.Dropdown:
+        """The jobs as choices. With `keep` (a timer tick) a valid selection is not sent back: the tick read it
+        before it ran, and sending it would undo a pick the user made meanwhile."""
         jobs = self.jobs.snapshots()
         ids = {j.id for j in jobs}
         choices = [(f"{j.id} · {self.catalog.text(f'quantize.state.{j.state}', locale)} · "
                     f"{short_model(j.model_path)}", j.id) for j in jobs]
+        if keep and selected in ids:
+            return gr.Dropdown(choices=choices)
         return gr.Dropdown(choices=choices, value=selected if selected in ids else (jobs[0].id if jobs else None))
 
     def _progress_markdown(self, j: JobSnapshot, locale: str) -> str:
@@ -339,9 +343,10 @@ class QuantizeHandlers:
 
 
 def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18n) -> tuple[
-    gr.Button, gr.Dropdown, gr.Markdown, gr.Timer
+    gr.Button, gr.Dropdown, gr.Markdown, gr.Timer, gr.Dropdown
 ]:
-    """Lay out the Quantize tab; returns what the app wires across tabs (Serve this, selected job, timer)."""
+    """Lay out the Quantize tab; returns what the app wires across tabs (Serve this, selected job, timer, the
+    model picker that the Models tab fills)."""
     defaults = QuantizeValues()
     with gr.Row():
         with gr.Column(scale=5):
@@ -450,4 +455,4 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
               api_visibility="private")
     gr.api(handlers.list_jobs_api, api_name="list_jobs")
     gr.api(handlers.job_progress_api, api_name="job_progress")
-    return serve_this, selected, message, timer
+    return serve_this, selected, message, timer, model_path

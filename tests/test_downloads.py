@@ -281,3 +281,23 @@ def test_download_into_the_hf_cache_is_found_by_repo_id(services: Services, hub:
 
     found = snapshot_download(REPO, cache_dir=tmp_path / "hf-cache", local_files_only=True)
     assert Path(found) == snapshot
+
+
+def test_a_server_started_by_repo_id_runs_and_shows_the_folder(hub_settings: Settings, hub: HubEndpoint) -> None:
+    from tests.conftest import fake_argv_factory
+
+    services = Services.build(hub_settings, argv_factory=fake_argv_factory())
+    try:
+        outcome = services.downloads.submit(DownloadRequest(REPO))
+        assert outcome.download is not None, outcome.errors
+        done = services.downloads.wait_for(outcome.download.id, {"SUCCEEDED", "FAILED"}, 60)
+        assert done.state == "SUCCEEDED"
+        started = services.servers.start(ServerSpec(model_path=REPO, port=services.servers.suggest_port()))
+        assert started.server is not None, started.errors
+        ready = services.servers.wait_for(started.server.id, {"READY", "FAILED"}, 60)
+        assert ready.state == "READY"
+        # what ran and what a restart would run is the folder, never a name lmdeploy would download
+        assert done.output_dir in ready.command and REPO not in ready.command.replace(done.output_dir, "")
+        assert ready.model_path == done.output_dir
+    finally:
+        services.close()

@@ -241,6 +241,9 @@ class ServerManager:
             if isinstance(checked, list):
                 return StartOutcome(None, tuple(checked))
             server_id = uuid.uuid4().hex[:8]
+            # A repo id is kept as the folder it named: the shown command and a restart use what really ran,
+            # never a name that lmdeploy would try to download.
+            spec = dataclasses.replace(spec, model_path=str(checked.model_dir))
             record = ServerRecord(
                 id=server_id,
                 owned=True,

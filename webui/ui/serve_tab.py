@@ -252,7 +252,7 @@ class ServeHandlers:
         """Timer tick: table, server choices, detail, log and the buttons that fit its state, from snapshots."""
         return (
             self.list_servers(request),
-            self._server_choices(server_id, locale_of(request)),
+            self._server_choices(server_id, locale_of(request), keep=True),
             self.server_detail(server_id, request),
             self.server_log(server_id),
             *self.controls(server_id),
@@ -303,11 +303,15 @@ class ServeHandlers:
         return self._server_choices(server_id or current, locale_of(request))
 
     # helpers -------------------------------------------------------------------------------------
-    def _server_choices(self, selected: str | None, locale: str) -> gr.Dropdown:
+    def _server_choices(self, selected: str | None, locale: str, keep: bool = False) -> gr.Dropdown:
+        """The servers as choices; with `keep` (a timer tick) a valid selection is not sent back, so a tick that
+        read it before the user picked another cannot undo the pick."""
         servers = self.manager.snapshots()
         choices = [(f"{s.id} · {self.catalog.text(f'serve.state.{s.state}', locale)} · "
                     f"{short_model(s.model_id) or s.base_url}", s.id) for s in servers]
         ids = {s.id for s in servers}
+        if keep and selected in ids:
+            return gr.Dropdown(choices=choices)
         value = selected if selected in ids else (servers[0].id if servers else None)
         return gr.Dropdown(choices=choices, value=value)
 

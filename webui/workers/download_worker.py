@@ -38,8 +38,7 @@ HASH_BLOCK = 1 << 20
 PROGRESS_EVERY_S = 0.25
 RATE_WINDOW_S = 5.0
 FILE_ATTEMPTS = 6  # tries without progress; any byte received resets the count
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 60.0
+TIMEOUT_S = 30.0  # to connect, and between two reads
 MAX_THREADS = 8
 # Transport failures worth another try from where the file stands.
 TRANSIENT = frozenset({"ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "RemoteProtocolError",
@@ -128,7 +127,6 @@ def targets(job: dict[str, Any], spec: dict[str, Any]) -> tuple[Path, Path]:
 
 def transfer(job: dict[str, Any], spec: dict[str, Any], part: Path, hasher: Any, progress: Progress) -> None:
     """Append the rest of the file to `part` (a `Range` request from its size), feeding the hasher."""
-    import httpx2
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -140,8 +138,8 @@ def transfer(job: dict[str, Any], spec: dict[str, Any], part: Path, hasher: Any,
     headers = build_hf_headers()  # the token from HF_TOKEN (or the user's own login), as lmdeploy would send it
     if have:
         headers["Range"] = f"bytes={have}-"
-    timeout = httpx2.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-    with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout) as response:
+    # A plain number: the client is httpx2 in huggingface_hub 2.x and httpx before; both take one.
+    with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=TIMEOUT_S) as response:
         if response.status_code >= 400:
             response.read()
             hf_raise_for_status(response)

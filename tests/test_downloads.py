@@ -246,6 +246,9 @@ def test_missing_repo_offline_hub_and_bad_ids_spawn_nothing(services: Services, 
         outcome = services.downloads.submit(DownloadRequest(bad))
         assert outcome.download is None and outcome.errors[0].field == "repo_id", bad
     assert services.downloads.submit(DownloadRequest(REPO, revision="main; ls")).errors[0].field == "revision"
+    # a source the console cannot fetch from is refused in words, never replaced by another hub
+    refused = services.downloads.submit(DownloadRequest(REPO, source="modelscope"))
+    assert [(e.field, e.key) for e in refused.errors] == [("source", "hub.err.modelscope_unsupported")]
     assert services.store.list_jobs("download") == []
     offline = Services.build(Settings(state_dir=tmp_path / "other", hub_endpoint="http://127.0.0.1:9",
                                       hf_cache_dir=tmp_path / "hf-cache"))

@@ -82,6 +82,8 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"memory.problem.{k}" for k in ("fraction", "tp", "weights_do_not_fit", "no_full_session")}
     used |= {f"memory.compare_error.{k}" for k in ("unknown_server", "model_unreadable", "no_gpu")}
     used |= {f"memory.event.{k}" for k in EVENT_KINDS}
+    used |= {f"models.col.{c}" for c in ("file", "size", "hash", "state", "repo", "progress", "speed", "eta")}
+    used |= {f"models.weights.{w}" for w in ("fp16", "awq")}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

@@ -31,7 +31,6 @@ from webui.services.hub import (
     endpoint_of,
     folder_name,
     looks_like_repo_id,
-    modelscope_available,
     repo_id_problem,
     revision_problem,
 )
@@ -76,8 +75,8 @@ class DownloadRequest:
             errors.append(FieldError("revision", p.key, p.params))
         if self.source not in SOURCES:
             errors.append(FieldError("source", "errors.choice", {"value": self.source, "choices": ", ".join(SOURCES)}))
-        elif self.source == "modelscope" and not modelscope_available():
-            errors.append(FieldError("source", "hub.err.modelscope_missing", {}))
+        elif self.source == "modelscope":  # never quietly fetched from another hub instead
+            errors.append(FieldError("source", "hub.err.modelscope_unsupported", {}))
         if self.destination not in DESTINATIONS:
             errors.append(FieldError("destination", "errors.choice",
                                      {"value": self.destination, "choices": ", ".join(DESTINATIONS)}))
@@ -260,7 +259,8 @@ class DownloadManager:
 
     # queries -------------------------------------------------------------------------------------
     def sources(self) -> list[str]:
-        return [s for s in SOURCES if s != "modelscope" or modelscope_available()]
+        """The sources the page offers: ModelScope is refused with words until the console downloads from it."""
+        return [s for s in SOURCES if s != "modelscope"]
 
     def endpoint(self, source: str) -> str:
         return endpoint_of(source, self.hub_endpoint, self.mirror_endpoint)

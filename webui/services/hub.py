@@ -8,7 +8,6 @@ when the user asks for a file list or a download, never at Start.
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import json
 import re
 from dataclasses import dataclass, field
@@ -82,10 +81,6 @@ class RepoListing:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
-
-
-def modelscope_available() -> bool:
-    return importlib.util.find_spec("modelscope") is not None
 
 
 def repo_id_problem(text: str) -> HubProblem | None:

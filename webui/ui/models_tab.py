@@ -216,7 +216,8 @@ class ModelsHandlers:
     def list_downloads(self, request: gr.Request) -> pd.DataFrame:
         locale = locale_of(request)
         t = self.catalog.text
-        columns = [t(f"models.col.{c}", locale) for c in ("id", "state", "repo", "progress", "size", "speed", "eta")]
+        columns = [t("quantize.col.id", locale),  # the same "ID" as every table
+                   *(t(f"models.col.{c}", locale) for c in ("state", "repo", "progress", "size", "speed", "eta"))]
         rows = [[d.id, t(f"quantize.state.{d.state}", locale), d.repo_id, f"{d.fraction * 100:.0f}%",
                  size(d.total_bytes), rate(d.rate_bps), duration(d.eta_seconds)]
                 for d in sorted(self.downloads.snapshots(), key=lambda s: -s.created_at)]

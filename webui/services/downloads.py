@@ -145,8 +145,11 @@ class DownloadSnapshot:
     keep_partial: bool
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON for scripts; a file is named under "file" (Gradio's client takes any {"path": …} for a file
+        to fetch)."""
         data = dict(self.__dict__)
-        data["files"] = [dict(f.__dict__) for f in self.files]
+        data["files"] = [{"file": f.path, "size": f.size, "done": f.done, "verified": f.verified}
+                         for f in self.files]
         return data
 
 

@@ -320,7 +320,9 @@ class ModelsHandlers:
             out["problem"] = self.catalog.text(preview.problem.key, "en", **preview.problem.params)
         if listing is not None:
             out.update(commit=listing.sha, gated=listing.gated, total_bytes=listing.total_bytes,
-                       endpoint=listing.endpoint, files=[f.as_dict() for f in listing.files])
+                       endpoint=listing.endpoint,  # "file", not "path": Gradio's client fetches any {"path": …}
+                       files=[{"file": f.path, "size": f.size, "blob_id": f.blob_id, "sha256": f.sha256}
+                              for f in listing.files])
         return out
 
     def download_progress_api(self, download_id: str) -> dict:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webui.services.child_jobs import ChildJobs
 from webui.services.gpu import GpuProbe
 from webui.services.hub import (
     SOURCES,
@@ -35,9 +36,9 @@ from webui.services.hub import (
     revision_problem,
 )
 from webui.services.job_states import JobFacts, JobState, decide_job, holds_device, is_live_job
-from webui.services.lifecycle import Monitor, SpawnFailure, handle_of, observe_process, spawn_safely, wait_for_state
+from webui.services.lifecycle import Monitor, SpawnFailure, observe_process, spawn_safely
 from webui.services.planner import ModelShape, PlanInput, plan
-from webui.services.processes import ProcessHandle, ProcessSupervisor
+from webui.services.processes import ProcessSupervisor
 from webui.services.secrets import SecretStore
 from webui.services.serve_log import tail
 from webui.services.serve_spec import FieldError
@@ -208,7 +209,7 @@ def worker_argv(python: str, job_file: Path) -> list[str]:
     return [python, "-m", "webui.workers.download_worker", str(job_file)]
 
 
-class DownloadManager:
+class DownloadManager(ChildJobs[DownloadSnapshot]):
     """Owns every download of this console; app-scoped and shared by all browser sessions."""
 
     def __init__(
@@ -225,8 +226,7 @@ class DownloadManager:
         python: str = sys.executable,
         download_argv: DownloadArgv | None = None,
     ) -> None:
-        self._store = store
-        self._supervisor = supervisor
+        super().__init__(store, supervisor, KIND, CANCEL_GRACE_S)
         self._secrets = secrets
         self._gpu = gpu
         self.models_dir = models_dir
@@ -428,9 +428,7 @@ class DownloadManager:
                 if not keep_partial:
                     self._remove_partial(record)
             elif record.state == JobState.RUNNING:
-                self._store.update_job(download_id, state=JobState.CANCELLING)
-                self._store.add_event(download_id, "cancelling")
-                self._supervisor.request_stop(self._handle(record), grace_s=CANCEL_GRACE_S)
+                self._begin_cancel(record)
             elif not keep_partial and not is_live_job(record.state) and record.state != JobState.SUCCEEDED:
                 self._remove_partial(record)  # a stopped download's kept files are let go
         self._monitor.wake()
@@ -442,34 +440,9 @@ class DownloadManager:
         """Console exit: running downloads keep running and are re-attached next start."""
         self._monitor.stop()
 
-    def wait_for(self, download_id: str, states: set[str], timeout_s: float) -> DownloadSnapshot:
-        """Block until the download reaches one of `states` (scripts and tests, never the UI)."""
-        def current() -> DownloadSnapshot:
-            snap = self.get(download_id)
-            if snap is None:
-                raise KeyError(download_id)
-            return snap
-
-        return wait_for_state(current, states, timeout_s, poll_s=0.05)
-
     # internals -----------------------------------------------------------------------------------
     def _claimed(self) -> frozenset[str]:
         return frozenset(r.output_dir for r in self._store.list_jobs(KIND) if is_live_job(r.state))
-
-    def _running(self) -> list[JobRecord]:
-        return [r for r in self._store.list_jobs(KIND) if holds_device(r.state)]
-
-    def _handle(self, record: JobRecord) -> ProcessHandle | None:
-        return handle_of(record.pid, record.create_time, record.log_path)
-
-    def _reattach(self) -> None:
-        for record in self._running():
-            if self._supervisor.is_alive(self._handle(record)):
-                self._store.add_event(record.id, "reattached", f"pid {record.pid}")
-                if record.state == JobState.CANCELLING:
-                    self._supervisor.request_stop(self._handle(record), grace_s=CANCEL_GRACE_S)
-            else:
-                self._check(record, watched=False)
 
     def _check(self, record: JobRecord, watched: bool = True) -> None:
         handle = self._handle(record)
@@ -526,15 +499,6 @@ class DownloadManager:
                                started_at=time.time())
         self._store.add_event(record.id, "started", f"pid {handle.pid}")
         return True
-
-    def _finish(self, record: JobRecord, state: JobState, error: str, exit_code: int | None = None,
-                result: dict[str, Any] | None = None) -> None:
-        changes: dict[str, Any] = {"state": state, "ended_at": time.time(), "error": error[-4000:],
-                                   "exit_code": exit_code}
-        if result is not None:
-            changes["result_json"] = json.dumps(result)
-        self._store.update_job(record.id, **changes)
-        self._store.add_event(record.id, state.value.lower(), error[:300])
 
     def _remove_partial(self, record: JobRecord) -> None:
         """Forget what a stopped download fetched: its partial folder, or its unfinished cache blobs."""

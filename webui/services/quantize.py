@@ -21,9 +21,10 @@ from typing import Any
 import psutil
 
 from webui.services.awq_progress import AwqProgress, progress_from, progress_from_log, read_events
+from webui.services.child_jobs import ChildJobs
 from webui.services.gpu import GpuProbe
 from webui.services.job_states import JobFacts, JobState, decide_job, holds_device, is_live_job
-from webui.services.lifecycle import Monitor, SpawnFailure, handle_of, observe_process, spawn_safely, wait_for_state
+from webui.services.lifecycle import Monitor, SpawnFailure, observe_process, spawn_safely
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessHandle, ProcessSupervisor
 from webui.services.quantize_spec import (
@@ -96,7 +97,7 @@ class SubmitOutcome:
 JobArgv = Callable[[Path], list[str]]
 
 
-class JobManager:
+class JobManager(ChildJobs[JobSnapshot]):
     """Owns every AWQ job of this console; app-scoped and shared by all browser sessions."""
 
     def __init__(
@@ -111,8 +112,7 @@ class JobManager:
         job_argv: JobArgv | None = None,
         child_env: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
-        self._store = store
-        self._supervisor = supervisor
+        super().__init__(store, supervisor, KIND, CANCEL_GRACE_S)
         self._roots = roots
         self._gpu = gpu
         self._output_root = output_root
@@ -124,7 +124,7 @@ class JobManager:
         self._tokens = TokenCounter()
         self._reattach()
         self._monitor: Monitor[JobRecord] = Monitor(
-            "job_monitor", self._live_jobs, self._check, lambda r: r.id, TICK_S, store, after=self._schedule)
+            "job_monitor", self._running, self._check, lambda r: r.id, TICK_S, store, after=self._schedule)
 
     # queries -------------------------------------------------------------------------------------
     def check(self, spec: AwqSpec) -> CheckedAwq | list[FieldError]:
@@ -230,9 +230,7 @@ class JobManager:
             if record.state == JobState.QUEUED:
                 self._finish(record, JobState.CANCELLED, error="")
             elif record.state == JobState.RUNNING:
-                self._store.update_job(job_id, state=JobState.CANCELLING)
-                self._store.add_event(job_id, "cancelling")
-                self._supervisor.request_stop(self._handle(record), grace_s=CANCEL_GRACE_S)
+                self._begin_cancel(record)
         self._monitor.wake()
         snap = self.get(job_id)
         assert snap is not None
@@ -241,16 +239,6 @@ class JobManager:
     def shutdown(self) -> None:
         """Console exit: running jobs keep running and are re-attached next start (they can take hours)."""
         self._monitor.stop()
-
-    def wait_for(self, job_id: str, states: set[str], timeout_s: float) -> JobSnapshot:
-        """Block until the job reaches one of `states` (for scripts, benchmarks and tests, never the UI)."""
-        def current() -> JobSnapshot:
-            snap = self.get(job_id)
-            if snap is None:
-                raise KeyError(job_id)
-            return snap
-
-        return wait_for_state(current, states, timeout_s, poll_s=0.05)
 
     # internals -----------------------------------------------------------------------------------
     def _keep_calibration_files(self, spec: AwqSpec, folder: Path) -> list[str]:
@@ -275,22 +263,6 @@ class JobManager:
                 per_resource[r.resource] = per_resource.get(r.resource, 0) + 1
                 positions[r.id] = per_resource[r.resource]
         return positions
-
-    def _live_jobs(self) -> list[JobRecord]:
-        return [r for r in self._store.list_jobs(KIND) if holds_device(r.state)]
-
-    def _handle(self, record: JobRecord) -> ProcessHandle | None:
-        return handle_of(record.pid, record.create_time, record.log_path)
-
-    def _reattach(self) -> None:
-        """On console start: running jobs are watched again; a job that died unwatched is settled (LOST)."""
-        for record in self._live_jobs():
-            if self._supervisor.is_alive(self._handle(record)):
-                self._store.add_event(record.id, "reattached", f"pid {record.pid}")
-                if record.state == JobState.CANCELLING:  # the last console did not see its cancel through
-                    self._supervisor.request_stop(self._handle(record), grace_s=CANCEL_GRACE_S)
-            else:
-                self._check(record, watched=False)
 
     def _check(self, record: JobRecord, watched: bool = True) -> None:
         """Observe one running job and apply `decide_job`; the monitor calls this for each job in its own try."""
@@ -368,12 +340,6 @@ class JobManager:
         if ram > record.peak_ram_bytes or gpu > record.peak_gpu_bytes:
             self._store.update_job(record.id, peak_ram_bytes=max(ram, record.peak_ram_bytes),
                                    peak_gpu_bytes=max(gpu, record.peak_gpu_bytes))
-
-    def _finish(self, record: JobRecord, state: JobState, error: str, exit_code: int | None = None,
-                result: dict[str, Any] | None = None) -> None:
-        self._store.update_job(record.id, state=state, ended_at=time.time(), error=error[-4000:],
-                               exit_code=exit_code, result_json=json.dumps(result) if result else "")
-        self._store.add_event(record.id, state.value.lower(), error[:300])
 
     def _remove_output(self, record: JobRecord) -> None:
         """Remove what an unfinished job wrote: its `.partial` folder, and its output if the rename happened

@@ -70,6 +70,7 @@ class _Repo:
     corrupt: set[str] = field(default_factory=set)
     drops: dict[str, list[int]] = field(default_factory=dict)  # path -> [nbytes, times left, reset]
     listed_sizes: dict[str, int] = field(default_factory=dict)  # path -> size the listings claim instead
+    listed_names: dict[str, str] = field(default_factory=dict)  # path -> name the model info lists instead
 
 
 def is_lfs(path: str, size: int) -> bool:
@@ -312,6 +313,12 @@ class HubEndpoint:
         with self._lock:
             repo.listed_sizes[path] = size
 
+    def list_as(self, repo_id: str, path: str, name: str) -> None:
+        """Make the model info list that file under another name (a hostile hub: `../../x`, `/etc/x`)."""
+        repo = self._repos[repo_id]
+        with self._lock:
+            repo.listed_names[path] = name
+
     def set_throttle(self, bps: int) -> None:
         """Bytes per second per response (0: unlimited); responses already under way keep their rate."""
         self._throttle = max(0, bps)
@@ -402,7 +409,7 @@ class HubEndpoint:
         blobs = query.get("blobs", ["false"])[0].lower() in ("1", "true")
         siblings: list[dict[str, Any]] = []
         for f in repo.files.values():
-            sibling: dict[str, Any] = {"rfilename": f.path}
+            sibling: dict[str, Any] = {"rfilename": repo.listed_names.get(f.path, f.path)}
             size = repo.listed_sizes.get(f.path, f.size)
             if blobs:
                 sibling.update(size=size, blobId=f.blob_id)

@@ -304,3 +304,16 @@ def test_a_server_started_by_repo_id_runs_and_shows_the_folder(hub_settings: Set
         assert ready.model_path == done.output_dir
     finally:
         services.close()
+
+
+@pytest.mark.parametrize("name", ["../../escaped.json", "/tmp/escaped.json", "a/../../escaped.json", "a\\b.json"])
+def test_a_hostile_listing_writes_nothing_outside(services: Services, hub: HubEndpoint, tmp_path: Path,
+                                                  name: str) -> None:
+    hub.list_as(REPO, "config.json", name)
+    preview = services.downloads.preview(DownloadRequest(REPO))
+    assert not isinstance(preview, list) and preview.problem is not None
+    assert preview.problem.key == "hub.err.unsafe_file"
+    outcome = services.downloads.submit(DownloadRequest(REPO))
+    assert outcome.download is None and outcome.errors[0].key == "hub.err.unsafe_file"
+    assert services.store.list_jobs("download") == []
+    assert not list(tmp_path.rglob("escaped.json")) and not Path("/tmp/escaped.json").exists()

@@ -24,6 +24,8 @@ MAX_REPO_PART = 96
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")
 LISTING_TIMEOUT_S = 10.0
+HEX40 = re.compile(r"[0-9a-f]{40}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
 
 SUGGESTED_REPOS = (
     "internlm/internlm2_5-7b-chat",
@@ -122,6 +124,14 @@ def wanted(path: str) -> bool:
     return not any(fnmatch.fnmatch(path, pattern) for pattern in IGNORE_PATTERNS)
 
 
+def safe_repo_path(path: str) -> bool:
+    """Whether a file name from a hub's listing stays inside the folder it is written to: relative, no `..`,
+    no empty or hidden-dot parts, no backslash or NUL. A hub (or a mirror) is not trusted with our disk."""
+    if not path or len(path) > 1024 or path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
 def problem_of(exc: BaseException, repo_id: str, endpoint: str) -> HubProblem:
     """The user's words for a hub client exception (its class, or its HTTP status), never a traceback."""
     for cls in type(exc).__mro__:
@@ -161,11 +171,20 @@ class HubClient:
             return problem_of(exc, repo_id, self.endpoint)
         files = []
         for sibling in info.siblings or []:
+            if not safe_repo_path(sibling.rfilename):
+                return HubProblem("hub.err.unsafe_file", {"repo": repo_id, "file": sibling.rfilename[:200]})
             if not wanted(sibling.rfilename):
                 continue
             lfs = sibling.lfs
-            files.append(HubFile(path=sibling.rfilename, size=int(sibling.size or (lfs.size if lfs else 0) or 0),
-                                 blob_id=sibling.blob_id or "", sha256=lfs.sha256 if lfs else ""))
+            file = HubFile(path=sibling.rfilename, size=int(sibling.size or (lfs.size if lfs else 0) or 0),
+                           blob_id=sibling.blob_id or "", sha256=lfs.sha256 if lfs else "")
+            # The hashes name cache blobs on disk: only hex is taken.
+            if not HEX40.fullmatch(file.blob_id or "0" * 40) or not HEX64.fullmatch(file.sha256 or "0" * 64):
+                return HubProblem("hub.err.unsafe_file", {"repo": repo_id, "file": sibling.rfilename[:200]})
+            files.append(file)
+        if not HEX40.fullmatch(info.sha or ""):
+            return HubProblem("hub.err.http", {"status": "200", "endpoint": self.endpoint,
+                                               "error": f"no commit id in the answer ({str(info.sha)[:60]!r})"})
         return RepoListing(repo_id=repo_id, revision=revision or "main", sha=info.sha or "",
                            gated=bool(info.gated), files=tuple(files), source=source, endpoint=self.endpoint)
 

@@ -117,6 +117,10 @@ def hash_existing(part: Path, hasher: Any) -> int:
 
 def targets(job: dict[str, Any], spec: dict[str, Any]) -> tuple[Path, Path]:
     """(the `.part` file the bytes grow in, the place the verified file goes)."""
+    from webui.services.hub import safe_repo_path
+
+    if not safe_repo_path(spec["path"]):  # the listing was checked; a job file is not trusted either
+        raise ValueError(f"refusing to write {spec['path']!r} outside the download folder")
     if job["mode"] == "folder":
         final = Path(job["partial_dir"]) / spec["path"]
         return final.with_name(final.name + ".part"), final

@@ -31,6 +31,7 @@ CSS = """
 #serve-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
 #models-detail progress { width: 40%; vertical-align: middle; }
 #models-detail .download-files td { padding: 1px 8px; border: none; }
+#models-detail .download-files progress { width: 160px; }
 #models-log textarea { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
 """
 

@@ -48,6 +48,11 @@ class ModelsForm:
     destination: gr.Radio
 
 
+def file_size(n: int) -> str:
+    """A file's size: small ones (configs, tokenizers) in KB rather than "0.0 MB"."""
+    return f"{n / 1024:.1f} KB" if n < 1 << 20 else size(n)
+
+
 def rate(bps: float) -> str:
     return f"{bps / (1 << 20):.1f} MB/s" if bps else ""
 
@@ -84,7 +89,7 @@ class ModelsHandlers:
         t = self.catalog.text
         columns = [t(f"models.col.{c}", locale) for c in ("file", "size", "hash")]
         files = preview.listing.files if preview.listing else ()
-        return pd.DataFrame([[f.path, size(f.size), (f"sha256 {f.sha256[:12]}…" if f.sha256 else
+        return pd.DataFrame([[f.path, file_size(f.size), (f"sha256 {f.sha256[:12]}…" if f.sha256 else
                                                      f"git {f.blob_id[:12]}…")] for f in files], columns=columns)
 
     def _preview_markdown(self, p: DownloadPreview, locale: str) -> str:
@@ -100,14 +105,14 @@ class ModelsHandlers:
         lines.append(f"**{html.escape(listing.repo_id)}** @ `{listing.sha[:12]}` · "
                      + t("models.preview.files", locale, count=len(listing.files), total=size(listing.total_bytes)))
         if p.local_path:
-            lines.append("✅ " + t("models.msg.local_copy", locale, path=p.local_path))
+            lines.append("✓ " + t("models.msg.local_copy", locale, path=p.local_path))
         free = size(p.free_bytes) if p.free_bytes is not None else "?"
         disk = t("models.preview.disk", locale, path=p.output_dir, free=free, need=size(p.needed_bytes))
-        lines.append(("✅ " if p.fits_on_disk else "⚠ ") + disk)
+        lines.append(("✓ " if p.fits_on_disk else "⚠ ") + disk)
         if p.present_bytes:
             lines.append(t("models.preview.partial", locale, have=size(p.present_bytes)))
         if listing.gated:
-            lines.append(("⚠ " if p.needs_token else "🔑 ") + t(
+            lines.append(("⚠ " if p.needs_token else "✓ ") + t(
                 "models.preview.gated_needs_token" if p.needs_token else "models.preview.gated_token", locale))
         lines.append(self._verdict(p, locale))
         return "\n\n".join(lines)
@@ -254,7 +259,7 @@ class ModelsHandlers:
         if d.state in LIVE_JOB_STATES or d.state == JobState.SUCCEEDED:
             shown = sorted(d.files, key=lambda f: -f.size)[:MAX_FILES_SHOWN]
             rows = [f"<tr><td><code>{html.escape(f.path)}</code></td><td>{bar(f.done / f.size if f.size else 1)}</td>"
-                    f"<td>{size(f.size)}</td><td>{'✓' if f.verified else ''}</td></tr>" for f in shown]
+                    f"<td>{file_size(f.size)}</td><td>{'✓' if f.verified else ''}</td></tr>" for f in shown]
             lines.append(f"\n<table class='download-files'>{''.join(rows)}</table>")
         return "\n".join(lines)
 

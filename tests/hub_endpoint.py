@@ -71,6 +71,8 @@ class _Repo:
     drops: dict[str, list[int]] = field(default_factory=dict)  # path -> [nbytes, times left, reset]
     listed_sizes: dict[str, int] = field(default_factory=dict)  # path -> size the listings claim instead
     listed_names: dict[str, str] = field(default_factory=dict)  # path -> name the model info lists instead
+    failures: dict[str, list[int]] = field(default_factory=dict)  # path -> [status, GETs left to fail]
+    no_range: set[str] = field(default_factory=set)  # paths whose GETs ignore Range (a 200 with the whole file)
 
 
 def is_lfs(path: str, size: int) -> bool:
@@ -319,6 +321,18 @@ class HubEndpoint:
         with self._lock:
             repo.listed_names[path] = name
 
+    def fail_next(self, repo_id: str, path: str, status: int, times: int = 1) -> None:
+        """Answer the next `times` GETs of that file with `status` (a 503 or 429 from a busy CDN)."""
+        repo = self._repos[repo_id]
+        with self._lock:
+            repo.failures[path] = [status, times]
+
+    def ignore_range(self, repo_id: str, path: str) -> None:
+        """Answer that file's ranged GETs with 200 and the whole file, as some proxies do."""
+        repo = self._repos[repo_id]
+        with self._lock:
+            repo.no_range.add(path)
+
     def set_throttle(self, bps: int) -> None:
         """Bytes per second per response (0: unlimited); responses already under way keep their rate."""
         self._throttle = max(0, bps)
@@ -463,6 +477,15 @@ class HubEndpoint:
         if f is None:
             return h.send_error_code(404, "EntryNotFound", "Entry not found", body, {"X-Repo-Commit": repo.sha})
         h._file = path
+        with self._lock:
+            failing = repo.failures.get(path) if body else None
+            if failing and failing[1] > 0:
+                failing[1] -= 1
+                status_code = failing[0]
+            else:
+                status_code = 0
+        if status_code:
+            return h.send_error_code(status_code, None, "Service Unavailable", body, {"Retry-After": "0"})
         headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "X-Repo-Commit": repo.sha,
                    "ETag": f'"{f.sha256 or f.blob_id}"', "Content-Disposition": f'inline; filename="{Path(path).name}"'}
         if f.sha256 is not None:
@@ -470,7 +493,7 @@ class HubEndpoint:
         start, end = 0, f.size - 1
         status = 200
         rng = h.headers.get("Range")
-        if rng:
+        if rng and path not in repo.no_range:
             parsed = _parse_range(rng, f.size)
             if parsed is None:
                 headers["Content-Range"] = f"bytes */{f.size}"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import place_model
@@ -151,11 +152,11 @@ def test_download_survives_a_console_restart(hub_settings: Settings, hub: HubEnd
     assert outcome.download is not None, outcome.errors
     download_id = outcome.download.id
     wait_until(lambda: (s := first.downloads.get(download_id)) is not None and s.done_bytes > 4 * MIB)
+    pid = first.store.get_job(download_id).pid  # type: ignore[union-attr]
     first.close()  # the console goes; the worker stays
-    record_pid = first.store  # closed store: read the row through the new console
+    assert pid and psutil.pid_exists(pid)
     second = Services.build(hub_settings)
     try:
-        assert record_pid is not None
         snap = second.downloads.get(download_id)
         assert snap is not None and snap.state == "RUNNING"
         done = second.downloads.wait_for(download_id, {"SUCCEEDED", "FAILED", "LOST"}, 60)
@@ -188,7 +189,7 @@ def test_hash_mismatch_fails_and_removes_the_file(services: Services, hub: HubEn
     assert outcome.download is not None, outcome.errors
     done = services.downloads.wait_for(outcome.download.id, {"SUCCEEDED", "FAILED"}, 60)
     assert done.state == "FAILED" and done.error_key == "hub.err.hash_mismatch"
-    assert WEIGHTS in done.error_params["detail"]
+    assert done.error_params["file"] == WEIGHTS and done.error_params["got"] != done.error_params["expected"]
     partial = partial_of(services.settings.models_dir / "internlm" / "tiny-chat")
     assert not (partial / WEIGHTS).exists() and not (partial / (WEIGHTS + ".part")).exists()
     assert not (services.settings.models_dir / "internlm" / "tiny-chat").exists()
@@ -317,3 +318,87 @@ def test_a_hostile_listing_writes_nothing_outside(services: Services, hub: HubEn
     assert outcome.download is None and outcome.errors[0].key == "hub.err.unsafe_file"
     assert services.store.list_jobs("download") == []
     assert not list(tmp_path.rglob("escaped.json")) and not Path("/tmp/escaped.json").exists()
+
+
+def kill_midway(services: Services, hub: HubEndpoint, download_id: str) -> int:
+    """SIGKILL the worker once it has about half the weights; returns the bytes of the weights' .part."""
+    wait_until(lambda: (s := services.downloads.get(download_id)) is not None and s.done_bytes > s.total_bytes * 0.4)
+    record = services.store.get_job(download_id)
+    assert record is not None and record.pid
+    os.kill(record.pid, signal.SIGKILL)
+    services.downloads.wait_for(download_id, {"FAILED", "LOST"}, 20)
+    part = partial_of(services.settings.models_dir / "internlm" / "tiny-chat") / (WEIGHTS + ".part")
+    return part.stat().st_size
+
+
+def test_a_moved_branch_keeps_only_the_files_that_did_not_change(services: Services, hub: HubEndpoint,
+                                                                  tmp_path: Path) -> None:
+    hub.set_throttle(8 * MIB)
+    first = services.downloads.submit(DownloadRequest(REPO))
+    assert first.download is not None, first.errors
+    had = kill_midway(services, hub, first.download.id)
+    # main moves on: a new config.json, the same weights
+    source = tmp_path / "hub-files" / "tiny"
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").unlink()  # it is a copy, but make sure the old bytes are not shared
+    (source / "config.json").write_text(json.dumps({**config, "torch_dtype": "float16", "moved": True}))
+    old_sha = hub.sha(REPO)
+    hub.add_repo(REPO, source)
+    assert hub.sha(REPO) != old_sha
+    hub.set_throttle(0)
+    second = services.downloads.submit(DownloadRequest(REPO))
+    assert second.download is not None, second.errors
+    done = services.downloads.wait_for(second.download.id, {"SUCCEEDED", "FAILED"}, 60)
+    assert done.state == "SUCCEEDED" and done.commit == hub.sha(REPO), (done.error, services.downloads.log(done.id))
+    folder = services.settings.models_dir / "internlm" / "tiny-chat"
+    assert json.loads((folder / "config.json").read_text())["moved"] is True
+    same_files(source, folder)
+    assert not (folder / ".download.json").exists()
+    size = next(f.size for f in hub.files(REPO) if f.path == WEIGHTS)
+    assert hub.served_bytes(REPO, WEIGHTS) - size <= 2 * MIB, had  # the unchanged weights were continued
+
+
+def test_busy_server_and_ignored_ranges_are_survived(services: Services, hub: HubEndpoint) -> None:
+    size = next(f.size for f in hub.files(REPO) if f.path == WEIGHTS)
+    hub.fail_next(REPO, WEIGHTS, 503, times=2)
+    hub.drop_after(REPO, WEIGHTS, size // 2)
+    hub.ignore_range(REPO, WEIGHTS)  # the continuation comes back whole: the file starts again, verified
+    outcome = services.downloads.submit(DownloadRequest(REPO))
+    assert outcome.download is not None, outcome.errors
+    done = services.downloads.wait_for(outcome.download.id, {"SUCCEEDED", "FAILED"}, 90)
+    assert done.state == "SUCCEEDED", (done.error, services.downloads.log(done.id))
+    statuses = [r.status for r in hub.requests if r.file == WEIGHTS]
+    assert statuses.count(503) == 2 and 200 in statuses
+    log = "\n".join(services.downloads.log(done.id))
+    assert "503" in log and "whole file" in log
+    same_files(services.settings.models_dir.parent.parent / "hub-files" / "tiny",
+               services.settings.models_dir / "internlm" / "tiny-chat")
+
+
+def test_removing_a_stopped_downloads_files_spares_a_running_resume(services: Services, hub: HubEndpoint) -> None:
+    hub.set_throttle(8 * MIB)
+    first = services.downloads.submit(DownloadRequest(REPO))
+    assert first.download is not None, first.errors
+    kill_midway(services, hub, first.download.id)
+    hub.set_throttle(4 * MIB)
+    resumed = services.downloads.resume(first.download.id)
+    assert resumed.download is not None, resumed.errors
+    services.downloads.cancel(first.download.id, keep_partial=False)  # the old row: its files are in use
+    hub.set_throttle(0)
+    done = services.downloads.wait_for(resumed.download.id, {"SUCCEEDED", "FAILED"}, 60)
+    assert done.state == "SUCCEEDED", (done.error, services.downloads.log(done.id))
+
+
+def test_cancel_in_the_cache_removes_its_blobs_and_no_snapshot_appears(services: Services, hub: HubEndpoint,
+                                                                       tmp_path: Path) -> None:
+    hub.set_throttle(4 * MIB)
+    outcome = services.downloads.submit(DownloadRequest(REPO, destination="cache"))
+    assert outcome.download is not None, outcome.errors
+    download_id = outcome.download.id
+    wait_until(lambda: (s := services.downloads.get(download_id)) is not None and s.done_bytes > 4 * MIB)
+    repo_dir = tmp_path / "hf-cache" / "models--internlm--tiny-chat"
+    assert not (repo_dir / "snapshots" / hub.sha(REPO)).exists()  # links appear once every blob is verified
+    assert services.roots.resolve(REPO) != repo_dir / "snapshots" / hub.sha(REPO)
+    services.downloads.cancel(download_id, keep_partial=False)
+    assert services.downloads.wait_for(download_id, {"CANCELLED", "SUCCEEDED", "FAILED"}, 20).state == "CANCELLED"
+    assert [p.name for p in (repo_dir / "blobs").iterdir() if not p.name.endswith(".lock")] == []

@@ -8,6 +8,7 @@ the worker only through its environment.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -162,6 +163,13 @@ class DownloadOutcome:
     errors: tuple[FieldError, ...] = ()
 
 
+def hub_login_token() -> str:
+    """A token the hub client would send on its own: `HF_TOKEN`, or the one `hf auth login` saved."""
+    from huggingface_hub import get_token
+
+    return get_token() or ""
+
+
 def mask_token(token: str) -> str:
     """`hf_…abcd`: enough to recognise which token is saved, too little to use it."""
     if not token:
@@ -281,19 +289,19 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
             return folder
         return cached_snapshot(self.cache_dir, repo_id, revision or "main")
 
-    def finished_paths(self) -> list[Path]:
-        """Folders of finished downloads that still exist (the pickers list them beside the scanned roots)."""
-        paths = [Path(r.output_dir) for r in self._store.list_jobs(KIND) if r.state == JobState.SUCCEEDED]
-        return [p for p in paths if (p / "config.json").is_file()]
+    def preview(self, request: DownloadRequest, fetch_config: bool = True,
+                commit: str = "") -> DownloadPreview | list[FieldError]:
+        """The file list with sizes, room on disk, gating and the planner's verdict; fetches only config.json.
 
-    def preview(self, request: DownloadRequest, fetch_config: bool = True) -> DownloadPreview | list[FieldError]:
-        """The file list with sizes, room on disk, gating and the planner's verdict; fetches only config.json."""
+        `commit` lists that commit instead of where the revision points now (a resume)."""
         errors = request.problems()
         if errors:
             return errors
         token = str(self._secrets.get(TOKEN_SECRET, "") or "") or None
         client = HubClient(self.endpoint(request.source), token)
-        listing = client.listing(request.repo_id, request.revision or "main", request.source)
+        listing = client.listing(request.repo_id, commit or request.revision or "main", request.source)
+        if isinstance(listing, RepoListing) and commit:
+            listing = dataclasses.replace(listing, revision=request.revision or "main")
         output = self.output_dir(request) if request.destination == "models" else self.cache_dir
         local = self.local_path(request.repo_id, request.revision)
         if isinstance(listing, HubProblem):
@@ -304,15 +312,16 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
         verdict: dict[str, Any] = {}
         config_problem = None
         if fetch_config:
-            config = client.config(listing, self._jobs_dir / "previews" / uuid.uuid4().hex[:8])
+            folder = self._jobs_dir / "previews" / uuid.uuid4().hex[:8]  # its own: previews run side by side
+            config = client.config(listing, folder)
+            shutil.rmtree(folder, ignore_errors=True)
             if isinstance(config, HubProblem):
                 config_problem = config
             else:
                 verdict = self._gpu_verdict(config)
-        shutil.rmtree(self._jobs_dir / "previews", ignore_errors=True)
         return DownloadPreview(request, listing=listing, output_dir=str(output), free_bytes=free_bytes_at(output),
                                present_bytes=present, local_path=str(local or ""),
-                               needs_token=listing.gated and token is None and not os.environ.get("HF_TOKEN"),
+                               needs_token=listing.gated and token is None and not hub_login_token(),
                                token_saved=token is not None, gpu_verdict=verdict, config_problem=config_problem)
 
     def _gpu_verdict(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -351,12 +360,12 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
         return tail(record.log_path, max_lines=max_lines) if record and record.log_path else []
 
     # actions -------------------------------------------------------------------------------------
-    def submit(self, request: DownloadRequest) -> DownloadOutcome:
+    def submit(self, request: DownloadRequest, commit: str = "") -> DownloadOutcome:
         """Check with the hub (files, gating, disk) and start at once, or queue behind the running downloads.
 
         Asks the hub outside the lock; nothing is written or spawned when a check fails.
         """
-        preview = self.preview(request, fetch_config=False)
+        preview = self.preview(request, fetch_config=False, commit=commit)
         if isinstance(preview, list):
             return DownloadOutcome(None, tuple(preview))
         if preview.problem is not None:
@@ -365,6 +374,8 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
         assert listing is not None
         if not listing.files:
             return DownloadOutcome(None, (FieldError("repo_id", "hub.err.no_files", {"repo": request.repo_id}),))
+        if not any(f.path == "config.json" for f in listing.files):  # it would never be a model the pickers list
+            return DownloadOutcome(None, (FieldError("repo_id", "hub.err.no_config", {"repo": request.repo_id}),))
         if preview.needs_token:
             return DownloadOutcome(None, (FieldError("token", "hub.err.gated", {"repo": request.repo_id,
                                                                                 "endpoint": listing.endpoint}),))
@@ -412,8 +423,10 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
         if record is None:
             raise KeyError(download_id)
         spec = record.spec
+        # The commit it was fetching, not where the branch points now: the kept files belong to that one.
         return self.submit(DownloadRequest(spec["repo_id"], spec.get("revision", "main"),
-                                           spec.get("source", "huggingface"), spec.get("destination", "models")))
+                                           spec.get("source", "huggingface"), spec.get("destination", "models")),
+                           commit=str(spec.get("commit", "")))
 
     def cancel(self, download_id: str, keep_partial: bool = True) -> DownloadSnapshot:
         """Dequeue, or signal the worker and return (CANCELLING); the files fetched so far stay for a resume
@@ -429,7 +442,8 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
                     self._remove_partial(record)
             elif record.state == JobState.RUNNING:
                 self._begin_cancel(record)
-            elif not keep_partial and not is_live_job(record.state) and record.state != JobState.SUCCEEDED:
+            elif not keep_partial and not is_live_job(record.state) and record.state != JobState.SUCCEEDED \
+                    and record.output_dir not in self._claimed():  # never under a resumed download's feet
                 self._remove_partial(record)  # a stopped download's kept files are let go
         self._monitor.wake()
         snap = self.get(download_id)
@@ -488,6 +502,13 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
                     running += 1
 
     def _start(self, record: JobRecord) -> bool:
+        output = Path(record.output_dir)
+        if record.spec.get("destination", "models") == "models" and output.exists() and (
+                not output.is_dir() or any(output.iterdir())):
+            self._finish(record, JobState.FAILED, error=f"{output} was filled while the download waited",
+                         result={**record.result, "error_key": "hub.err.already_there",
+                                 "error_params": {"path": str(output)}})
+            return False
         env = {**os.environ, "HF_ENDPOINT": record.spec.get("endpoint", self.hub_endpoint),
                "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ENABLE_HF_TRANSFER": "0", **self.child_env()}
         handle = spawn_safely(self._supervisor, self._argv(Path(record.job_file)), Path(record.log_path), env=env)
@@ -508,10 +529,15 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
             return
         if job.get("partial_dir"):
             shutil.rmtree(job["partial_dir"], ignore_errors=True)
-        else:
-            blobs = Path(job["cache_dir"]) / f"models--{job['repo_id'].replace('/', '--')}" / "blobs"
-            for incomplete in blobs.glob("*.incomplete"):
-                incomplete.unlink(missing_ok=True)
+            return
+        # The cache: this download's own blobs (named by their hashes), unless a snapshot links to one.
+        repo_dir = Path(job["cache_dir"]) / f"models--{job['repo_id'].replace('/', '--')}"
+        linked = {os.path.realpath(link) for link in (repo_dir / "snapshots").rglob("*") if link.is_symlink()}
+        for spec in job.get("files", []):
+            blob = repo_dir / "blobs" / str(spec.get("sha256") or spec.get("blob_id") or "-")
+            blob.with_name(blob.name + ".incomplete").unlink(missing_ok=True)
+            if blob.is_file() and os.path.realpath(blob) not in linked:
+                blob.unlink(missing_ok=True)
 
     def _snapshot(self, record: JobRecord) -> DownloadSnapshot:
         spec = record.spec

@@ -126,7 +126,8 @@ def wanted(path: str) -> bool:
 
 def safe_repo_path(path: str) -> bool:
     """Whether a file name from a hub's listing stays inside the folder it is written to: relative, no `..`,
-    no empty or hidden-dot parts, no backslash or NUL. A hub (or a mirror) is not trusted with our disk."""
+    `.` or empty parts, no backslash or NUL (`.gitattributes` is fine). A hub (or a mirror) is not trusted
+    with our disk."""
     if not path or len(path) > 1024 or path.startswith("/") or "\\" in path or "\x00" in path:
         return False
     return all(part not in ("", ".", "..") for part in path.split("/"))
@@ -146,7 +147,7 @@ def problem_of(exc: BaseException, repo_id: str, endpoint: str) -> HubProblem:
                                            "error": str(exc).splitlines()[0][:200]})
     names = {c.__name__ for c in type(exc).__mro__}
     if names & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "TransportError",
-                "ConnectionError", "gaierror", "OSError"}:
+                "ConnectionError", "gaierror"}:  # the network; a local OSError (disk, permissions) is not
         return HubProblem("hub.err.offline", {"endpoint": endpoint})
     return HubProblem("hub.err.other", {"error": f"{type(exc).__name__}: {str(exc)[:200]}", "endpoint": endpoint})
 
@@ -183,8 +184,7 @@ class HubClient:
                 return HubProblem("hub.err.unsafe_file", {"repo": repo_id, "file": sibling.rfilename[:200]})
             files.append(file)
         if not HEX40.fullmatch(info.sha or ""):
-            return HubProblem("hub.err.http", {"status": "200", "endpoint": self.endpoint,
-                                               "error": f"no commit id in the answer ({str(info.sha)[:60]!r})"})
+            return HubProblem("hub.err.no_commit", {"repo": repo_id, "endpoint": self.endpoint})
         return RepoListing(repo_id=repo_id, revision=revision or "main", sha=info.sha or "",
                            gated=bool(info.gated), files=tuple(files), source=source, endpoint=self.endpoint)
 
@@ -220,8 +220,20 @@ def cached_snapshot(cache_dir: Path, repo_id: str, revision: str = "main") -> Pa
         except OSError:
             return None
     snapshot = repo_dir / "snapshots" / sha
-    if not (snapshot / "config.json").is_file():
-        return None
-    if any(p.name.endswith(".incomplete") for p in (repo_dir / "blobs").glob("*.incomplete")):
+    if not (snapshot / "config.json").is_file() or not weights_complete(snapshot):
         return None  # a download of it is under way or was broken off
     return snapshot
+
+
+def weights_complete(folder: Path) -> bool:
+    """Weights are there: every shard a `*.index.json` names, else at least one weights file (links resolved)."""
+    indexes = list(folder.glob("*.index.json"))
+    for index in indexes:
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            return False
+        if not shards or not all((folder / str(shard)).is_file() for shard in shards):
+            return False
+    return bool(indexes) or any(p.is_file() for p in folder.glob("*.safetensors")) or \
+        any(p.is_file() for p in folder.glob("*.bin"))

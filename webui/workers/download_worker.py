@@ -20,6 +20,8 @@ cache, files land as the cache's own blobs and snapshot links, so `lmdeploy` and
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -43,11 +45,16 @@ MAX_THREADS = 8
 # Transport failures worth another try from where the file stands.
 TRANSIENT = frozenset({"ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "RemoteProtocolError",
                        "ReadError", "WriteError", "NetworkError", "TransportError", "ConnectionError",
-                       "ConnectionResetError", "IncompleteRead", "ShortBody"})
+                       "ConnectionResetError", "IncompleteRead", "ShortBody", "ServerBusy"})
+MANIFEST = ".download.json"  # in a partial folder: the commit and the hash of every file it is collecting
 
 
 class HashMismatch(Exception):
     """The bytes on disk are not the file the hub described."""
+
+    def __init__(self, path: str, got: str, expected: str) -> None:
+        super().__init__(f"{path}: got {got}, the hub lists {expected}")
+        self.params = {"file": path, "got": got, "expected": expected}
 
 
 class Progress:
@@ -94,7 +101,11 @@ class Progress:
 
 
 class ShortBody(Exception):
-    """The connection ended before the file did."""
+    """The connection ended before the file did (or the answer did not continue it): worth another try."""
+
+
+class ServerBusy(Exception):
+    """429 or 5xx from the hub or its CDN: worth another try after a pause."""
 
 
 def expected_hash(spec: dict[str, Any]) -> tuple[str, Any]:
@@ -144,10 +155,17 @@ def transfer(job: dict[str, Any], spec: dict[str, Any], part: Path, hasher: Any,
         headers["Range"] = f"bytes={have}-"
     # A plain number: the client is httpx2 in huggingface_hub 2.x and httpx before; both take one.
     with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=TIMEOUT_S) as response:
-        if response.status_code >= 400:
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise ServerBusy(f"the server answered {status}")
+        if status == 416 or (have and status == 206 and not str(response.headers.get("Content-Range", ""))
+                             .startswith(f"bytes {have}-")):
+            part.unlink(missing_ok=True)  # the part does not fit what the server has: the file starts again
+            raise ShortBody(f"the server answered {status} to a range from byte {have}")
+        if status >= 400:
             response.read()
             hf_raise_for_status(response)
-        if have and response.status_code != 206:  # the server ignored the range: the caller starts it again
+        if have and status != 206:  # the server ignored the range: the caller starts it again
             part.unlink(missing_ok=True)
             raise ShortBody("the server answered a range request with the whole file")
         with open(part, "ab") as out:
@@ -161,8 +179,26 @@ def transfer(job: dict[str, Any], spec: dict[str, Any], part: Path, hasher: Any,
 
 
 def fetch(job: dict[str, Any], spec: dict[str, Any], progress: Progress) -> None:
-    """One file: continue its `.part`, retry transport failures from where it stands, verify, move into place."""
+    """One file: continue its `.part`, retry transport failures from where it stands, verify, move into place.
+
+    The part is locked while it grows: two downloads that need the same cache blob (two revisions sharing a
+    file) take turns instead of appending to one file at once."""
     part, final = targets(job, spec)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    with open(part.with_name(part.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fetch_locked(job, spec, part, final, progress)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    part.with_name(part.name + ".lock").unlink(missing_ok=True)
+    size = int(spec["size"])
+    progress.set_done(spec["path"], size)
+    progress.verified(spec["path"])
+    print(f"verified {spec['path']}", flush=True)
+
+
+def fetch_locked(job: dict[str, Any], spec: dict[str, Any], part: Path, final: Path, progress: Progress) -> None:
     size = int(spec["size"])
     if not final.exists():
         part.parent.mkdir(parents=True, exist_ok=True)
@@ -198,15 +234,10 @@ def fetch(job: dict[str, Any], spec: dict[str, Any], progress: Progress) -> None
         got = part.stat().st_size
         if got != size or (expected and actual != expected):
             part.unlink(missing_ok=True)  # a retry fetches it again rather than trusting these bytes
-            what = f"{got} bytes, the hub lists {size}" if got != size else \
-                f"hash {actual[:16]}… but the hub lists {expected[:16]}…"
-            raise HashMismatch(f"{spec['path']}: {what}")
+            if got != size:
+                raise HashMismatch(spec["path"], f"{got} bytes", f"{size} bytes")
+            raise HashMismatch(spec["path"], f"{actual[:16]}…", f"{expected[:16]}…")
         os.replace(part, final)
-    if job["mode"] == "cache":
-        link_snapshot(job, spec, final)
-    progress.set_done(spec["path"], size)
-    progress.verified(spec["path"])
-    print(f"verified {spec['path']}", flush=True)
 
 
 def link_snapshot(job: dict[str, Any], spec: dict[str, Any], blob: Path) -> None:
@@ -223,7 +254,13 @@ def error_of(exc: BaseException, job: dict[str, Any]) -> dict[str, Any]:
     from webui.services.hub import problem_of
 
     if isinstance(exc, HashMismatch):
-        return {"key": "hub.err.hash_mismatch", "params": {"detail": str(exc)}, "message": str(exc)}
+        return {"key": "hub.err.hash_mismatch", "params": exc.params, "message": str(exc)}
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return {"key": "hub.err.disk_full_now", "params": {"path": str(exc.filename or job["output_dir"])},
+                "message": f"{type(exc).__name__}: {exc}"[:500]}
+    if isinstance(exc, OSError) and exc.errno is not None and getattr(exc, "filename", None):
+        return {"key": "hub.err.local", "params": {"error": f"{exc.strerror} ({exc.filename})"[:300]},
+                "message": f"{type(exc).__name__}: {exc}"[:500]}
     problem = problem_of(exc, job["repo_id"], job["endpoint"])
     return {"key": problem.key, "params": problem.params, "message": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
@@ -235,8 +272,11 @@ def publish(job: dict[str, Any], progress: Progress, guard: TermGuard) -> str:
             output = Path(job["output_dir"])
             if output.is_dir() and not any(output.iterdir()):
                 output.rmdir()
+            (Path(job["partial_dir"]) / MANIFEST).unlink(missing_ok=True)
             os.replace(job["partial_dir"], output)
         else:
+            for spec in job["files"]:  # the snapshot appears only once every blob is verified
+                link_snapshot(job, spec, targets(job, spec)[1])
             repo_dir = Path(job["cache_dir"]) / f"models--{job['repo_id'].replace('/', '--')}"
             ref = repo_dir / "refs" / (job.get("revision") or "main")
             if job.get("revision") != job["sha"]:
@@ -247,7 +287,32 @@ def publish(job: dict[str, Any], progress: Progress, guard: TermGuard) -> str:
     return str(output)
 
 
+def reconcile(job: dict[str, Any]) -> None:
+    """A partial folder may hold files of another commit (a branch moved between two runs): keep a file, or its
+    `.part`, only where the hash this commit lists is the one it was fetched for; drop everything else."""
+    if job["mode"] != "folder":
+        return  # cache blobs are named by their hash: another commit's blob is another file
+    partial = Path(job["partial_dir"])
+    want = {f["path"]: f.get("sha256") or f["blob_id"] for f in job["files"]}
+    try:
+        had = json.loads((partial / MANIFEST).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        had = {}
+    if partial.is_dir():
+        for path in sorted(partial.rglob("*"), reverse=True):
+            rel = path.relative_to(partial).as_posix()
+            name = rel[:-5] if rel.endswith(".part") else rel
+            if path.is_dir() or rel == MANIFEST or rel.startswith(".cache/"):
+                continue
+            if want.get(name) is None or had.get(name) != want[name]:
+                print(f"dropping {rel}: not part of commit {job['sha'][:12]} as listed", flush=True)
+                path.unlink(missing_ok=True)
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / MANIFEST).write_text(json.dumps({"commit": job["sha"], "files": want}), encoding="utf-8")
+
+
 def run(job: dict[str, Any], progress: Progress, guard: TermGuard) -> None:
+    reconcile(job)
     files = sorted(job["files"], key=lambda f: (int(f["size"]), f["path"]))  # config.json and friends first
     stop = threading.Event()
 

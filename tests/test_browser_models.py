@@ -53,11 +53,21 @@ def test_from_the_models_panel_to_serve_this(browser, hub_console, locale: str) 
     page = browser.new_page(locale=locale, viewport={"width": 1400, "height": 1400})
     page.goto(url)
 
-    # The page opens on Models: a repo id, its files before anything is fetched.
-    box = page.locator("#models-repo input")
-    box.fill(repo)
-    box.press("Tab")
-    page.locator("#models-list").click()
+    if locale == "en-US":
+        # The page opens on Models: a repo id, its files before anything is fetched.
+        box = page.locator("#models-repo input")
+        box.fill(repo)
+        box.press("Tab")
+        page.locator("#models-list").click()
+    else:
+        # Typed in the Serve form first: it is not on disk, so Serve offers to open it in Models (no fetch).
+        page.get_by_role("tab", name="部署服务").click()
+        picker = page.locator("#serve-model-path input")
+        picker.fill(repo)
+        picker.press("Tab")
+        expect(page.locator("#serve-form-status")).to_contain_text("尚未下载", timeout=TIMEOUT_MS)
+        page.locator("#serve-get-model").click()
+        expect(page.locator("#models-repo input")).to_have_value(repo, timeout=TIMEOUT_MS)
     preview = page.locator("#models-preview")
     expect(preview).to_contain_text(words["files"], timeout=TIMEOUT_MS)
     expect(preview).to_contain_text(hub.sha(repo)[:12], timeout=TIMEOUT_MS)

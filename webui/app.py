@@ -10,8 +10,9 @@ import gradio as gr
 from webui.i18n.catalog import Catalog
 from webui.services.container import Services
 from webui.ui.chat_tab import ChatHandlers, build_chat_tab
+from webui.ui.forms import RAW_INPUTS
 from webui.ui.memory_tab import MemoryHandlers, build_memory_tab
-from webui.ui.models_tab import ModelsHandlers, build_models_tab
+from webui.ui.models_tab import MODELS_FORM, ModelsHandlers, build_models_tab
 from webui.ui.quantize_tab import QuantizeHandlers, build_quantize_tab
 from webui.ui.serve_tab import ServeHandlers, build_serve_tab
 from webui.ui.target_picker import TargetHandlers
@@ -77,10 +78,10 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
             with gr.Tab(i18n("tabs.models"), id="models") as models_tab:
                 models_ui = build_models_tab(demo, models, i18n)
             with gr.Tab(i18n("tabs.quantize"), id="quantize") as quantize_tab:
-                serve_this, job, quantize_message, quantize_timer, quantize_model = build_quantize_tab(
+                serve_this, job, quantize_message, quantize_timer, quantize_model, quantize_get = build_quantize_tab(
                     demo, quantize, i18n)
             with gr.Tab(i18n("tabs.serve"), id="serve") as serve_tab:
-                serve_form, serve_timer = build_serve_tab(demo, serve, i18n)
+                serve_form, serve_timer, serve_get = build_serve_tab(demo, serve, i18n)
             with gr.Tab(i18n("tabs.chat"), id="chat") as chat_tab:
                 chat_picker = build_chat_tab(chat, targets, i18n)
             with gr.Tab(i18n("tabs.tools"), id="tools") as tools_tab:
@@ -109,6 +110,14 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                                    [serve_form.model_path, serve_form.model_format, tabs, models_ui.message],
                                    api_visibility="private").then(_timers(False, False, True, False), None, timers,
                                                                   **quiet)
+        # A repo id typed in a picker that is not on disk: offer its download (never fetched at Start).
+        models_inputs = MODELS_FORM.inputs(models_ui.form)
+        for picker, get_it in ((serve_form.model_path, serve_get), (quantize_model, quantize_get)):
+            picker.change(models.offer_download, picker, get_it, **quiet)
+            get_it.click(models.open_in_models, picker, [models_ui.form.repo_id, tabs], **quiet).then(
+                _timers(True, False, False, False), None, timers, **quiet).then(
+                MODELS_FORM.bind(models.list_files), models_inputs, [models_ui.preview, models_ui.files],
+                **quiet, **RAW_INPUTS)
         models_ui.quantize_this.click(models.quantize_this, models_ui.selected,
                                       [quantize_model, tabs, models_ui.message],
                                       api_visibility="private").then(_timers(False, True, False, False), None,

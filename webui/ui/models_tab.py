@@ -4,6 +4,7 @@ and "Quantize this" / "Serve this" for a finished download."""
 from __future__ import annotations
 
 import html
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pandas as pd
 
 from webui.i18n.catalog import Catalog
 from webui.services.downloads import DownloadManager, DownloadPreview, DownloadRequest, DownloadSnapshot
-from webui.services.hub import SUGGESTED_REPOS
+from webui.services.hub import SUGGESTED_REPOS, looks_like_repo_id
 from webui.services.job_states import LIVE_JOB_STATES, JobState
 from webui.services.models import read_model_info
 from webui.services.serve_spec import FieldError
@@ -217,6 +218,15 @@ class ModelsHandlers:
         return (gr.Dropdown(value=d.output_dir), model_format, gr.Tabs(selected="serve"),
                 self.catalog.text("models.msg.using", locale, path=d.output_dir))
 
+    def offer_download(self, model_path: str | None) -> gr.Button:
+        """Another tab's picker holds a repo id that is not on disk: show the button that opens it here."""
+        text = (model_path or "").strip()
+        missing = looks_like_repo_id(text) and not os.path.exists(text) and self.downloads.local_path(text) is None
+        return gr.Button(visible=missing)
+
+    def open_in_models(self, model_path: str | None) -> tuple[gr.Dropdown, gr.Tabs]:
+        return gr.Dropdown(value=(model_path or "").strip()), gr.Tabs(selected="models")
+
     # views -----------------------------------------------------------------------------------------
     def list_downloads(self, request: gr.Request) -> pd.DataFrame:
         locale = locale_of(request)
@@ -342,13 +352,17 @@ class ModelsHandlers:
 
 @dataclass(frozen=True)
 class ModelsTab:
-    """What the app wires across tabs: the two "use it" buttons, the selected download, the message, the timer."""
+    """What the app wires across tabs: the two "use it" buttons, the selected download, the message, the timer,
+    and the form with its preview (another tab's picker can open a repo id here)."""
 
     quantize_this: gr.Button
     serve_this: gr.Button
     selected: gr.Dropdown
     message: gr.Markdown
     timer: gr.Timer
+    form: ModelsForm
+    preview: gr.Markdown
+    files: gr.Dataframe
 
 
 def build_models_tab(demo: gr.Blocks, handlers: ModelsHandlers, i18n: gr.I18n) -> ModelsTab:
@@ -429,4 +443,4 @@ def build_models_tab(demo: gr.Blocks, handlers: ModelsHandlers, i18n: gr.I18n) -
     gr.api(handlers.model_files_api, api_name="model_files")
     gr.api(handlers.download_progress_api, api_name="download_progress")
     gr.api(handlers.list_downloads_api, api_name="list_downloads")
-    return ModelsTab(quantize_this, serve_this, selected, message, timer)
+    return ModelsTab(quantize_this, serve_this, selected, message, timer, form, preview, files)

@@ -343,10 +343,10 @@ class QuantizeHandlers:
 
 
 def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18n) -> tuple[
-    gr.Button, gr.Dropdown, gr.Markdown, gr.Timer, gr.Dropdown
+    gr.Button, gr.Dropdown, gr.Markdown, gr.Timer, gr.Dropdown, gr.Button
 ]:
     """Lay out the Quantize tab; returns what the app wires across tabs (Serve this, selected job, timer, the
-    model picker that the Models tab fills)."""
+    model picker that the Models tab fills, and the button that offers a repo id's download)."""
     defaults = QuantizeValues()
     with gr.Row():
         with gr.Column(scale=5):
@@ -356,6 +356,8 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
                                          choices=[], allow_custom_value=True, filterable=True, scale=5,
                                          elem_id="quantize-model-path")
                 rescan = gr.Button(i18n("serve.refresh_models"), scale=1, size="sm")
+            get_model = gr.Button(i18n("models.get_it_button"), visible=False, size="sm", variant="primary",
+                                  elem_id="quantize-get-model")
             output_dir = gr.Textbox(value=defaults.output_dir, label=i18n("quantize.output_dir.label"),
                                     info=i18n("quantize.output_dir.info"),
                                     placeholder=i18n("quantize.output_dir.placeholder"), elem_id="quantize-output")
@@ -455,4 +457,4 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
               api_visibility="private")
     gr.api(handlers.list_jobs_api, api_name="list_jobs")
     gr.api(handlers.job_progress_api, api_name="job_progress")
-    return serve_this, selected, message, timer, model_path
+    return serve_this, selected, message, timer, model_path, get_model

@@ -352,8 +352,10 @@ class ServeHandlers:
         return "\n".join(lines)
 
 
-def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> tuple[ServeForm, gr.Timer]:
-    """Lay out the Serve tab inside the current Blocks and wire its events; returns the form and its timer."""
+def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> tuple[ServeForm, gr.Timer,
+                                                                                      gr.Button]:
+    """Lay out the Serve tab inside the current Blocks and wire its events; returns the form, its timer and the
+    button that offers a repo id's download (the app wires it to the Models tab)."""
     default = handlers.manager.default_spec()
     with gr.Row():
         with gr.Column(scale=5):
@@ -365,6 +367,8 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                     elem_id="serve-model-path",
                 )
                 refresh_models = gr.Button(i18n("serve.refresh_models"), scale=1, size="sm")
+            get_model = gr.Button(i18n("models.get_it_button"), visible=False, size="sm", variant="primary",
+                                  elem_id="serve-get-model")
             with gr.Row():
                 backend = gr.Radio(list(BACKENDS), value=default.backend, label=i18n("serve.backend.label"),
                                    info=i18n("serve.backend.info"), elem_id="serve-backend")
@@ -474,4 +478,4 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
     # JSON read endpoints for scripts (gradio_client), independent of what the page shows.
     gr.api(handlers.list_servers_api, api_name="list_servers")
     gr.api(handlers.server_log_api, api_name="server_log")
-    return form, timer
+    return form, timer, get_model

@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import fake_argv_factory, launched_console, place_model
 from tests.hub_endpoint import HubEndpoint
 from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401 - the shared Chromium fixture
+from tests.test_browser_zh import english_pieces, leaks
+from webui.i18n.catalog import Catalog
 from webui.settings import Settings
 
 pytestmark = pytest.mark.browser
@@ -97,6 +99,8 @@ def test_from_the_models_panel_to_serve_this(browser, hub_console, locale: str) 
     assert (folder / "config.json").is_file()
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / f"models-{locale[:2]}.png"), full_page=True)
+    if locale == "zh-CN":  # the Models tab with a listing and a finished download shows no English of ours
+        assert leaks(page, english_pieces(Catalog.load())) == []
 
     # Quantize this: the download in the Quantize picker; a CPU AWQ job of it runs to the end.
     page.locator("#models-quantize-this").click()

@@ -9,6 +9,7 @@ import gradio as gr
 
 from webui.i18n.catalog import Catalog
 from webui.services.container import Services
+from webui.settings import is_loopback
 from webui.ui.chat_tab import ChatHandlers, build_chat_tab
 from webui.ui.forms import RAW_INPUTS
 from webui.ui.memory_tab import MemoryHandlers, build_memory_tab
@@ -73,6 +74,8 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
     models = ModelsHandlers(services.downloads, catalog)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
+        if services.settings.share or not is_loopback(services.settings.host):
+            gr.Markdown(i18n("app.exposed"), elem_id="app-exposed")
         with gr.Tabs() as tabs:
             # The loop starts with a model: a newcomer with nothing on disk gets one here.
             with gr.Tab(i18n("tabs.models"), id="models") as models_tab:
@@ -112,9 +115,9 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                                                                   **quiet)
         # A repo id typed in a picker that is not on disk: offer its download (never fetched at Start).
         models_inputs = MODELS_FORM.inputs(models_ui.form)
-        for picker, get_it in ((serve_form.model_path, serve_get), (quantize_model, quantize_get)):
-            picker.change(models.offer_download, picker, get_it, **quiet)
-            get_it.click(models.open_in_models, picker, [models_ui.form.repo_id, tabs], **quiet).then(
+        for model_picker, get_it in ((serve_form.model_path, serve_get), (quantize_model, quantize_get)):
+            model_picker.change(models.offer_download, model_picker, get_it, **quiet)
+            get_it.click(models.open_in_models, model_picker, [models_ui.form.repo_id, tabs], **quiet).then(
                 _timers(True, False, False, False), None, timers, **quiet).then(
                 MODELS_FORM.bind(models.list_files), models_inputs, [models_ui.preview, models_ui.files],
                 **quiet, **RAW_INPUTS)

@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported late so `--help` and option errors answer instantly.
     from webui.app import build_app, prepare_to_serve
     from webui.services.container import Services
+    from webui.services.login_guard import LoginGuard
 
     services = Services.build(settings)
     demo, launch_kwargs = build_app(services)
@@ -133,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo.launch(
             server_name=settings.host,
             server_port=settings.port,
-            auth=list(settings.auth) or None,
+            # Gradio's own auth has no rate limit or lockout; the guard adds both.
+            auth=LoginGuard(settings.auth).check if settings.auth else None,
             share=settings.share,
             allowed_paths=[],
             footer_links=["api", "gradio", "settings"],

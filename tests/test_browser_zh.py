@@ -129,6 +129,7 @@ def test_every_tab_in_chinese_shows_no_english_sentence(browser, zh_console) -> 
 
     # Models, where the page opens: the form, the token box, an empty downloads list.
     expect(page.locator("#models-download")).to_have_text("下载", timeout=TIMEOUT_MS)
+    page.get_by_text("访问令牌（用于需授权或私有的仓库）").click()  # the token's section opens
     expect(page.locator("#models-token-status")).to_contain_text("未保存令牌", timeout=TIMEOUT_MS)
     check("models")
     page.get_by_role("tab", name="模型量化", exact=True).click()
@@ -187,6 +188,7 @@ def test_every_tab_in_chinese_shows_no_english_sentence(browser, zh_console) -> 
     # The reading is not blind: the same page in English is full of the catalog's pieces.
     english = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1400})
     english.goto(url)
+    english.get_by_role("tab", name="Quantize").click()
     expect(english.locator("#quantize-detail")).to_contain_text("Done", timeout=TIMEOUT_MS)
     assert len(leaks(english, pieces)) > 20
     english.close()

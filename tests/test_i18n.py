@@ -13,6 +13,7 @@ from webui.i18n.catalog import Catalog
 from webui.services.awq_progress import PHASES as AWQ_PHASES
 from webui.services.chat import ERROR_KINDS, SamplingParams
 from webui.services.container import Services
+from webui.services.demos import OUTCOMES as DEMO_OUTCOMES
 from webui.services.quantize import JobState
 from webui.services.quantize_spec import AwqSpec
 from webui.services.serve import ServerState
@@ -84,6 +85,8 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"memory.event.{k}" for k in EVENT_KINDS}
     used |= {f"models.col.{c}" for c in ("file", "size", "hash", "state", "repo", "progress", "speed", "eta")}
     used |= {f"models.weights.{w}" for w in ("fp16", "awq")}
+    used |= {f"demo.outcome.{o}" for o in DEMO_OUTCOMES if o != "ok"}
+    used |= {f"demo.page.{r}" for r in ("back_soon", "ended", "unknown")}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

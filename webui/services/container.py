@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 
 from webui.services.chat import ChatService
+from webui.services.demos import DemoManager
 from webui.services.downloads import DownloadArgv, DownloadManager
 from webui.services.gpu import GpuProbe, GpuSampler
 from webui.services.memory import MemoryService
@@ -32,6 +33,7 @@ class Services:
     servers: ServerManager
     jobs: JobManager
     downloads: DownloadManager
+    demos: DemoManager
     chat: ChatService
     tool_loop: ToolLoop
     memory: MemoryService
@@ -65,8 +67,9 @@ class Services:
         sampler = GpuSampler(gpu, hz=settings.gpu_sample_hz)
         sampler.start()
         memory = MemoryService(sampler, store, supervisor, roots)
-        return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, downloads, chat, ToolLoop(chat),
-                   memory)
+        demos = DemoManager(store, secrets, servers, chat)
+        return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, downloads, demos, chat,
+                   ToolLoop(chat), memory)
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""

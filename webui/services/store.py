@@ -65,6 +65,27 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS demos (
+    id TEXT PRIMARY KEY,
+    server_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    spec_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS demo_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    demo_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    guest TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    ttft_ms REAL,
+    text TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS demo_requests_by_demo ON demo_requests (demo_id, at);
 CREATE TABLE IF NOT EXISTS prefs (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -275,6 +296,50 @@ class Store:
         with self._lock:
             rows = self._conn.execute(query + " ORDER BY at, id", args).fetchall()
         return [EventRecord(**dict(r)) for r in rows]
+
+    # demos ---------------------------------------------------------------------------------------
+    def insert_demo(self, row: dict[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO demos (id, server_id, token_hash, spec_json, created_at, expires_at, "
+                         "revoked_at) VALUES (:id, :server_id, :token_hash, :spec_json, :created_at, :expires_at, "
+                         ":revoked_at)", row)
+
+    def revoke_demo(self, demo_id: str, at: float) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE demos SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, demo_id))
+
+    def get_demo(self, demo_id: str = "", token_hash: str = "") -> dict[str, Any] | None:
+        where, value = ("id", demo_id) if demo_id else ("token_hash", token_hash)
+        with self._lock:
+            row = self._conn.execute(f"SELECT * FROM demos WHERE {where} = ?", (value,)).fetchone()
+        return dict(row) if row else None
+
+    def list_demos(self) -> list[dict[str, Any]]:
+        return self._rows("demos")
+
+    def add_demo_request(self, demo_id: str, at: float, guest: str, outcome: str, prompt_tokens: int = 0,
+                         completion_tokens: int = 0, ttft_ms: float | None = None, text: str = "") -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO demo_requests (demo_id, at, guest, outcome, prompt_tokens, completion_tokens, "
+                         "ttft_ms, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (demo_id, at, guest, outcome, prompt_tokens, completion_tokens, ttft_ms, text))
+
+    def demo_requests(self, demo_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM demo_requests WHERE demo_id = ? ORDER BY at DESC, id DESC "
+                                      "LIMIT ?", (demo_id, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def demo_totals(self, demo_id: str) -> dict[str, Any]:
+        """Requests and tokens by outcome, for the owner's usage panel."""
+        with self._lock:
+            rows = self._conn.execute("SELECT outcome, COUNT(*) AS n, SUM(completion_tokens) AS tokens, "
+                                      "COUNT(DISTINCT guest) AS guests FROM demo_requests WHERE demo_id = ? "
+                                      "GROUP BY outcome", (demo_id,)).fetchall()
+            guests = self._conn.execute("SELECT COUNT(DISTINCT guest) FROM demo_requests WHERE demo_id = ?",
+                                        (demo_id,)).fetchone()[0]
+        return {"by_outcome": {r["outcome"]: {"requests": r["n"], "tokens": r["tokens"] or 0} for r in rows},
+                "guests": guests}
 
     # prefs ---------------------------------------------------------------------------------------
     def get_pref(self, key: str, default: str = "") -> str:

@@ -282,9 +282,9 @@ class ModelsHandlers:
         return (gr.Button(interactive=state in (JobState.QUEUED, JobState.RUNNING)), gr.Button(interactive=stopped),
                 gr.Button(interactive=done), gr.Button(interactive=done))
 
-    def refresh(self, download_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+    def refresh(self, download_id: str | None, request: gr.Request, tick: bool = True) -> tuple[Any, ...]:
         """Timer tick: table, choices, detail, log and the buttons that fit the selected download."""
-        return (self.list_downloads(request), self._choices(download_id, locale_of(request), keep=True),
+        return (self.list_downloads(request), self._choices(download_id, locale_of(request), keep=tick),
                 *self.detail(download_id, request), *self.controls(download_id))
 
     def show_selected(self, download_id: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -300,7 +300,7 @@ class ModelsHandlers:
         snaps = sorted(self.downloads.snapshots(), key=lambda s: -s.created_at)
         running = [d for d in snaps if d.state in LIVE_JOB_STATES]
         selected = download_id or (running[0].id if running else (snaps[0].id if snaps else None))
-        return (self.token_status(request), *self.refresh(selected, request))
+        return (self.token_status(request), *self.refresh(selected, request, tick=False))  # sets the selection
 
     def _choices(self, selected: str | None, locale: str, keep: bool = False) -> gr.Dropdown:
         """The downloads as choices; with `keep` (a timer tick) a valid selection is not sent back, so a tick

@@ -244,12 +244,12 @@ class QuantizeHandlers:
             return self.catalog.text("quantize.msg.no_selection", locale), ""
         return self._progress_markdown(job, locale), "\n".join(self.jobs.log(job.id, LOG_LINES))
 
-    def refresh(self, job_id: str | None, request: gr.Request) -> tuple[
+    def refresh(self, job_id: str | None, request: gr.Request, tick: bool = True) -> tuple[
         pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button
     ]:
         """Timer tick: table, job choices, detail, log and the buttons that fit the job's state."""
         detail, log = self.job_detail(job_id, request)
-        return (self.list_jobs(request), self._job_choices(job_id, locale_of(request), keep=True), detail, log,
+        return (self.list_jobs(request), self._job_choices(job_id, locale_of(request), keep=tick), detail, log,
                 *self.controls(job_id))
 
     def show_selected(self, job_id: str | None, request: gr.Request) -> tuple[str, str, gr.Button, gr.Button]:
@@ -277,7 +277,7 @@ class QuantizeHandlers:
         jobs = self.jobs.snapshots()
         running = [j for j in jobs if j.state in LIVE_JOB_STATES]
         selected = job_id or (running[0].id if running else (jobs[0].id if jobs else None))
-        return (self.refresh_models(None), *self.refresh(selected, request))
+        return (self.refresh_models(None), *self.refresh(selected, request, tick=False))  # sets the selection
 
     # scripting -----------------------------------------------------------------------------------
     def list_jobs_api(self) -> list[dict]:

@@ -246,13 +246,13 @@ class ServeHandlers:
             return self.catalog.text("serve.msg.no_selection", locale)
         return self._detail_markdown(snap, locale)
 
-    def refresh(self, server_id: str | None, request: gr.Request) -> tuple[
+    def refresh(self, server_id: str | None, request: gr.Request, tick: bool = True) -> tuple[
         pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button, gr.Button, gr.Button
     ]:
         """Timer tick: table, server choices, detail, log and the buttons that fit its state, from snapshots."""
         return (
             self.list_servers(request),
-            self._server_choices(server_id, locale_of(request), keep=True),
+            self._server_choices(server_id, locale_of(request), keep=tick),
             self.server_detail(server_id, request),
             self.server_log(server_id),
             *self.controls(server_id),
@@ -287,7 +287,8 @@ class ServeHandlers:
         if selected is None:
             servers = self.manager.snapshots()
             selected = servers[0].id if servers else None
-        return (self.refresh_models(None), self.manager.suggest_port(), *self.refresh(selected, request))
+        return (self.refresh_models(None), self.manager.suggest_port(),
+                *self.refresh(selected, request, tick=False))  # a load sets the selection
 
     # scripting -----------------------------------------------------------------------------------
     def list_servers_api(self) -> list[dict]:

@@ -1,0 +1,159 @@
+"""Shared demos: the guest app, launched on its own port beside the services, driven as a guest with
+gradio_client and raw HTTP against a real OpenAI-compatible server (llama.cpp with SmolLM2, or the stand-in
+api_server where the test is about limits and refusals rather than the model)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from tests.conftest import fake_argv_factory
+from webui.services.container import Services
+from webui.services.demos import DemoSpec
+from webui.services.serve_spec import ServerSpec
+from webui.settings import Settings
+
+ADMIN_NAMES = ("start_server", "stop_server", "list_servers", "server_log", "submit_quantize", "list_jobs",
+               "gpu_snapshot", "plan_memory", "model_files", "download_model", "publish_demo", "list_demos",
+               "revoke_demo", "demo_usage", "preview_command", "run_tools")
+
+
+@dataclass
+class GuestSide:
+    services: Services
+    url: str
+    server_id: str
+
+
+@pytest.fixture
+def guest_side(settings: Settings, model_root: Path) -> Iterator[GuestSide]:
+    """Services with a READY stand-in api_server, and the guest app launched on its own port."""
+    from webui.guest_app import build_guest_app
+
+    services = Services.build(settings, argv_factory=fake_argv_factory())
+    app = None
+    try:
+        started = services.servers.start(ServerSpec(model_path=str(model_root / "tiny llama; echo pwned"),
+                                                    port=services.servers.suggest_port(), model_name="tiny"))
+        assert started.server is not None, started.errors
+        assert services.servers.wait_for(started.server.id, {"READY", "FAILED"}, 60).state == "READY"
+        app, kwargs = build_guest_app(services.demos.gate())
+        app.queue(default_concurrency_limit=None)
+        _, url, _ = app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, allowed_paths=[],
+                               **kwargs)
+        yield GuestSide(services, url.rstrip("/"), started.server.id)
+    finally:
+        if app is not None:
+            app.close()
+        services.close()
+
+
+def publish(side: GuestSide, **changes: object) -> str:
+    snap, token, errors = side.services.demos.publish(DemoSpec(server_id=side.server_id, title="Tiny demo",
+                                                               welcome="Say hello.", **changes))  # type: ignore[arg-type]
+    assert snap is not None and token, errors
+    return token
+
+
+def status_of(url: str, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback test server
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_guest_reaches_chat_and_nothing_else(guest_side: GuestSide, tmp_path: Path) -> None:
+    token = publish(guest_side)
+    guest = Client(guest_side.url + "/", verbose=False)
+    try:
+        names = set(guest.view_api(print_info=False, return_format="dict")["named_endpoints"])
+        assert names == {"/chat"}
+        history, box, notice = guest.predict("Hello!", [], token, api_name="/chat")
+        assert history and history[-1]["role"] == "assistant" and history[-1]["content"], (history, notice)
+        assert not notice
+        for name in ADMIN_NAMES:
+            with pytest.raises(Exception):  # noqa: B017 - gradio_client refuses an unknown name before sending
+                guest.predict(api_name=f"/{name}")
+    finally:
+        guest.close()
+    # Raw HTTP: the admin names are not routes of this app, files outside its assets are not served.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for guests")
+    for name in ADMIN_NAMES:
+        assert status_of(f"{guest_side.url}/gradio_api/call/{name}", b'{"data": []}') >= 400, name
+        assert status_of(f"{guest_side.url}/gradio_api/run/{name}", b'{"data": []}') >= 400, name
+    for path in (f"/gradio_api/file={secret}", "/gradio_api/file=/etc/passwd", f"/file={secret}",
+                 f"/gradio_api/file={guest_side.services.settings.db_path}"):
+        assert status_of(guest_side.url + path) >= 400, path
+    with urllib.request.urlopen(guest_side.url + "/config", timeout=10) as reply:  # noqa: S310
+        config = reply.read().decode()
+    for word in ("start_server", "submit_quantize", str(guest_side.services.settings.state_dir), token,
+                 "api_keys", "base_url"):
+        assert word not in config, word
+
+
+def test_revoked_and_expired_demos_end_and_open_streams_close(guest_side: GuestSide) -> None:
+    clock = [time.time()]
+    demos = guest_side.services.demos
+    demos._clock = lambda: clock[0]  # noqa: SLF001 - the expiry is read through the manager's clock
+    token = publish(guest_side, expires_minutes=5)
+    gate = demos.gate()
+    assert gate.view(token).open
+    clock[0] += 301
+    assert gate.view(token).reason == "ended"
+    assert [e.refused for e in gate.chat(token, "g1", "hi", [])] == ["ended"]
+    clock[0] = time.time()
+    live = publish(guest_side)
+    stream = gate.chat(live, "g2", "Tell me a long story.", [])
+    first = next(stream)
+    demo_id = next(d.id for d in demos.snapshots() if d.state == "live")
+    assert demos.revoke(demo_id).state == "revoked"
+    rest = list(stream)
+    assert rest[-1].done and rest[-1].refused in ("ended", "stopped"), (first, rest[-3:])
+    assert gate.view(live).reason == "ended"
+    assert gate.view("not-a-token").reason == "unknown"
+
+
+def test_forty_guests_hammering_get_clear_refusals_and_the_owner_still_chats(guest_side: GuestSide) -> None:
+    token = publish(guest_side, rate_per_minute=2, max_concurrent=8, max_guests=30, max_new_tokens=64)
+    gate = guest_side.services.demos.gate()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def guest(n: int) -> None:
+        for _ in range(3):
+            events = list(gate.chat(token, f"guest-{n}", "Hello", [], max_tokens=64 if n % 5 else 4096))
+            with lock:
+                outcomes.append(events[-1].refused or "ok")
+
+    threads = [threading.Thread(target=guest, args=(n,)) for n in range(40)]
+    for t in threads:
+        t.start()
+    # The owner's own chat on the same server, meanwhile.
+    endpoint = guest_side.services.chat.endpoint_for_server(guest_side.server_id)
+    from webui.services.chat import SamplingParams
+
+    owner = list(guest_side.services.chat.stream(endpoint, [{"role": "user", "content": "hi"}],
+                                                 SamplingParams(max_tokens=16)))
+    assert owner[-1].stats is not None and owner[-1].stats.completion_tokens > 0
+    for t in threads:
+        t.join(60)
+    assert len(outcomes) == 120
+    assert outcomes.count("tokens") == 24  # guests 0, 5, 10, … asked for more than the demo allows, 3 times each
+    assert "rate" in outcomes and "guests" in outcomes and "ok" in outcomes
+    assert "error" not in outcomes
+    usage = guest_side.services.demos.usage(next(d.id for d in guest_side.services.demos.snapshots()))
+    assert usage["requests"] == 120 and usage["refusals"]["tokens"] == 24
+    assert usage["tokens"] > 0 and usage["errors"] == 0
+    assert json.dumps(usage)  # the owner's panel reads it as JSON

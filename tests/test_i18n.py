@@ -14,6 +14,7 @@ from webui.services.awq_progress import PHASES as AWQ_PHASES
 from webui.services.chat import ERROR_KINDS, SamplingParams
 from webui.services.container import Services
 from webui.services.demos import OUTCOMES as DEMO_OUTCOMES
+from webui.services.demos import DemoSpec
 from webui.services.quantize import JobState
 from webui.services.quantize_spec import AwqSpec
 from webui.services.serve import ServerState
@@ -87,6 +88,10 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"models.weights.{w}" for w in ("fp16", "awq")}
     used |= {f"demo.outcome.{o}" for o in DEMO_OUTCOMES if o != "ok"}
     used |= {f"demo.page.{r}" for r in ("back_soon", "ended", "unknown")}
+    used |= {f"demos.state.{s}" for s in ("live", "back_soon", "expired", "revoked")}
+    used |= {f"demos.col.{c}" for c in ("state", "server", "title", "guests", "requests", "tokens", "refused")}
+    used |= {f"demos.audit.{c}" for c in ("at", "guest", "outcome", "tokens", "ttft", "text")}
+    used |= {f"demos.{name}.label" for name in DemoSpec.__dataclass_fields__}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

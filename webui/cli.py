@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Python interpreter that has lmdeploy installed (default: this one)")
     parser.add_argument("--keep-servers", action="store_true",
                         help="leave api_servers running when the console exits (they are re-attached next time)")
+    parser.add_argument("--demo-host", default="127.0.0.1",
+                        help="address of the guest app that shared demos open (default 127.0.0.1; 0.0.0.0 lets the "
+                             "LAN reach it: it is guest-only, so no --auth is needed)")
+    parser.add_argument("--demo-port", type=int, default=0,
+                        help="port of the guest app (default: the console's port + 1)")
+    parser.add_argument("--demo-share", action="store_true",
+                        help="a public Gradio share link for the guest app only (the console itself is never shared "
+                             "by it)")
     parser.add_argument("--gpu-sample-hz", type=float, default=2.0,
                         help="how often the Memory tab's one sampler reads NVML (0.1 to 20 per second; default 2)")
     return parser
@@ -84,7 +92,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         lmdeploy_python=args.lmdeploy_python,
         keep_servers=args.keep_servers,
         gpu_sample_hz=args.gpu_sample_hz,
+        demo_host=args.demo_host,
+        demo_port=args.demo_port,
+        demo_share=args.demo_share,
     )
+    if args.demo_port and not 1 <= args.demo_port <= 65535 or args.demo_port == args.port:
+        raise OptionError(f"--demo-port {args.demo_port}: choose a free port other than --port {args.port}.")
     problem = settings.exposure_problem()
     if problem:
         raise OptionError(problem)
@@ -119,12 +132,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings)
     # Imported late so `--help` and option errors answer instantly.
     from webui.app import build_app, prepare_to_serve
+    from webui.guest_app import build_guest_app
     from webui.services.container import Services
     from webui.services.login_guard import LoginGuard
 
     services = Services.build(settings)
     demo, launch_kwargs = build_app(services)
     prepare_to_serve(demo)
+    # The guest app first, on its own port: demo links, the LAN and a share link reach it, never the console.
+    guest, guest_kwargs = build_guest_app(services.demos.gate())
+    guest.queue(max_size=256, default_concurrency_limit=None)
+    try:
+        _, _, share_url = guest.launch(server_name=settings.demo_host, server_port=settings.guest_port,
+                                       share=settings.demo_share, allowed_paths=[], footer_links=[],
+                                       prevent_thread_lock=True, quiet=True, **guest_kwargs)
+    except OSError as exc:
+        print(f"lmdeploy-console: the guest app cannot listen on {settings.demo_host}:{settings.guest_port} "
+              f"({exc}); pass --demo-port with a free port.", file=sys.stderr)
+        services.close()
+        return 2
+    if settings.demo_share and not share_url:
+        logging.getLogger("webui").warning("the share server could not be reached: guests can use %s on this "
+                                           "machine or its network", settings.guest_url)
+    services.store.set_pref("demo.share_url", share_url or "")
 
     def _terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -148,5 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         demo.close()  # no request reaches the services while they stop
+        guest.close()
         services.close()
     return 0

@@ -37,6 +37,20 @@ def default_hub_mirror() -> str:
     return (os.environ.get("LMDEPLOY_CONSOLE_HF_MIRROR") or "https://hf-mirror.com").rstrip("/")
 
 
+def lan_address() -> str:
+    """This machine's address on its LAN (the one a route out would use); 127.0.0.1 when there is none."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent, the kernel only picks the interface
+        return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
 def is_loopback(host: str) -> bool:
     """True when `host` only accepts connections from this machine."""
     if host.lower() in LOOPBACK_NAMES:
@@ -60,6 +74,9 @@ class Settings:
     lmdeploy_python: str = ""
     keep_servers: bool = False
     gpu_sample_hz: float = 2.0
+    demo_host: str = "127.0.0.1"  # the guest app's address (guests only: it may face the LAN without --auth)
+    demo_port: int = 0  # 0 = the console's port + 1
+    demo_share: bool = False  # a public Gradio share link for the guest app (never for the console)
     hf_cache_dir: Path = field(default_factory=default_hf_cache_dir)
     hub_endpoint: str = field(default_factory=default_hub_endpoint)
     hub_mirror: str = field(default_factory=default_hub_mirror)
@@ -84,6 +101,18 @@ class Settings:
     @property
     def upload_dir(self) -> Path:
         return self.state_dir / "uploads"
+
+    @property
+    def guest_port(self) -> int:
+        return self.demo_port or self.port + 1
+
+    @property
+    def guest_url(self) -> str:
+        """How guests on this machine or the LAN reach the guest app (a share link, when made, is extra)."""
+        host = self.demo_host
+        if host in ("0.0.0.0", "::", ""):
+            host = lan_address()
+        return f"http://{host}:{self.guest_port}"
 
     @property
     def models_dir(self) -> Path:

@@ -96,6 +96,19 @@ def test_a_guest_reaches_chat_and_nothing_else(guest_side: GuestSide, tmp_path: 
     for path in (f"/gradio_api/file={secret}", "/gradio_api/file=/etc/passwd", f"/file={secret}",
                  f"/gradio_api/file={guest_side.services.settings.db_path}"):
         assert status_of(guest_side.url + path) >= 400, path
+    # Uploads: the guest app takes none worth the name (Gradio keeps the route; its size cap refuses a file).
+    boundary = "x1x2x3"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + b"0" * 65536 \
+        + f"\r\n--{boundary}--\r\n".encode()
+    upload = urllib.request.Request(guest_side.url + "/gradio_api/upload", data=body,
+                                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(upload, timeout=10) as reply:  # noqa: S310
+            upload_status = reply.status
+    except urllib.error.HTTPError as exc:
+        upload_status = exc.code
+    assert upload_status >= 400
     with urllib.request.urlopen(guest_side.url + "/config", timeout=10) as reply:  # noqa: S310
         config = reply.read().decode()
     for word in ("start_server", "submit_quantize", str(guest_side.services.settings.state_dir), token,

@@ -97,4 +97,5 @@ def build_guest_app(gate: DemoGate, catalog: Catalog | None = None) -> tuple[gr.
                    concurrency_limit=None)
         box.submit(handlers.chat, [box, chatbot, token], [chatbot, box, notice], api_visibility="private",
                    concurrency_limit=None)
-    return app, {"i18n": i18n, "css": GUEST_CSS, "theme": gr.themes.Soft()}
+    # Guests upload nothing: Gradio's upload route stays, so cap it at a size that holds no real file.
+    return app, {"i18n": i18n, "css": GUEST_CSS, "theme": gr.themes.Soft(), "max_file_size": "1kb"}

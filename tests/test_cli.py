@@ -23,7 +23,7 @@ def run_console(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     [
         (["--host", "0.0.0.0"], "--auth"),
         (["--host", "192.168.1.5"], "--auth"),
-        (["--share"], "public link"),
+        (["--demo-port", "99999"], "--demo-port"),
         (["--auth", "nopassword"], "USER:PASS"),
         (["--port", "0"], "--port"),
         (["--model-root", "/no/such/folder"], "--model-root"),
@@ -46,6 +46,9 @@ def test_defaults_are_loopback_and_per_user(tmp_path: Path, monkeypatch: pytest.
     assert settings.state_dir == (tmp_path / "xdg" / "lmdeploy-console").resolve()
     assert settings.model_roots == (settings.state_dir,)
     assert settings.exposure_problem() is None
+    # --share is the guest app's: the console stays on loopback and needs no login for it
+    shared = settings_from_args(build_parser().parse_args(["--share"]))
+    assert shared.share and shared.host == "127.0.0.1" and shared.exposure_problem() is None
 
 
 def test_open_host_is_accepted_with_auth(tmp_path: Path) -> None:

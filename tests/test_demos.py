@@ -170,3 +170,20 @@ def test_forty_guests_hammering_get_clear_refusals_and_the_owner_still_chats(gue
     assert usage["requests"] == 120 and usage["refusals"]["tokens"] == 24
     assert usage["tokens"] > 0 and usage["errors"] == 0
     assert json.dumps(usage)  # the owner's panel reads it as JSON
+
+
+@pytest.mark.parametrize(("share", "expected"), [("unreachable", "could not be reached"),
+                                                 ("https://abc.gradio.live", "Public link: https://abc.gradio.live/?demo=")])
+def test_publish_in_the_tab_gives_a_link_a_qr_code_and_the_share_state(guest_side: GuestSide, tmp_path: Path,
+                                                                         share: str, expected: str) -> None:
+    from webui.i18n.catalog import Catalog
+    from webui.ui.demos_tab import DEMO_FORM, DemosHandlers
+
+    handlers = DemosHandlers(guest_side.services.demos, guest_side.services.servers, "http://127.0.0.1:7861",
+                             tmp_path / "qr", Catalog.load(), share_state=lambda: share)
+    message, link, qr = handlers.publish_demo(DEMO_FORM.parse({"server_id": guest_side.server_id,
+                                                               "title": "T", "max_new_tokens": "64"}), None)
+    assert expected in message and "?demo=" in link and qr and Path(qr).read_bytes()[:4] == b"\x89PNG"
+    refused, no_link, no_qr = handlers.publish_demo(DEMO_FORM.parse({"server_id": "nope", "rate_per_minute": 0}),
+                                                    None)
+    assert not no_link and no_qr is None and "Server" in refused and "Messages per guest per minute" in refused

@@ -74,10 +74,11 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
     memory = MemoryHandlers(services.memory, services.servers, services.roots, catalog)
     models = ModelsHandlers(services.downloads, catalog)
     demos = DemosHandlers(services.demos, services.servers, services.settings.guest_url,
-                          services.settings.state_dir / "demos", catalog)
+                          services.settings.state_dir / "demos", catalog,
+                          share_state=lambda: services.store.get_pref("demo.share", "off"))
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
-        if services.settings.share or not is_loopback(services.settings.host):
+        if not is_loopback(services.settings.host):  # --share publishes the guest app only
             gr.Markdown(i18n("app.exposed"), elem_id="app-exposed")
         with gr.Tabs() as tabs:
             # The loop starts with a model: a newcomer with nothing on disk gets one here.

@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
                         help="a login; repeat for several")
     parser.add_argument("--auth-file", type=Path, help="a file with one USER:PASS per line")
-    parser.add_argument("--share", action="store_true", help="publish a public share link (needs --auth)")
+    parser.add_argument("--share", action="store_true",
+                        help="a public Gradio share link for the guest app that demo links open; the console itself "
+                             "is never shared")
+    parser.add_argument("--share-server-address", default="", metavar="HOST:PORT",
+                        help="a self-hosted share server (frp) for --share instead of Gradio's")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help=f"database, logs and outputs (default {default_state_dir()})")
     parser.add_argument("--model-root", type=Path, action="append", default=[], metavar="DIR",
@@ -45,9 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "LAN reach it: it is guest-only, so no --auth is needed)")
     parser.add_argument("--demo-port", type=int, default=0,
                         help="port of the guest app (default: the console's port + 1)")
-    parser.add_argument("--demo-share", action="store_true",
-                        help="a public Gradio share link for the guest app only (the console itself is never shared "
-                             "by it)")
     parser.add_argument("--gpu-sample-hz", type=float, default=2.0,
                         help="how often the Memory tab's one sampler reads NVML (0.1 to 20 per second; default 2)")
     return parser
@@ -94,7 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         gpu_sample_hz=args.gpu_sample_hz,
         demo_host=args.demo_host,
         demo_port=args.demo_port,
-        demo_share=args.demo_share,
+        share_server_address=args.share_server_address,
     )
     if args.demo_port and not 1 <= args.demo_port <= 65535 or args.demo_port == args.port:
         raise OptionError(f"--demo-port {args.demo_port}: choose a free port other than --port {args.port}.")
@@ -144,17 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     guest.queue(max_size=256, default_concurrency_limit=None)
     try:
         _, _, share_url = guest.launch(server_name=settings.demo_host, server_port=settings.guest_port,
-                                       share=settings.demo_share, allowed_paths=[], footer_links=[],
-                                       prevent_thread_lock=True, quiet=True, **guest_kwargs)
+                                       share=settings.share, share_server_address=settings.share_server_address or None,
+                                       allowed_paths=[], footer_links=[], prevent_thread_lock=True, quiet=True,
+                                       **guest_kwargs)
     except OSError as exc:
         print(f"lmdeploy-console: the guest app cannot listen on {settings.demo_host}:{settings.guest_port} "
               f"({exc}); pass --demo-port with a free port.", file=sys.stderr)
         services.close()
         return 2
-    if settings.demo_share and not share_url:
+    if settings.share and not share_url:
         logging.getLogger("webui").warning("the share server could not be reached: guests can use %s on this "
                                            "machine or its network", settings.guest_url)
-    services.store.set_pref("demo.share_url", share_url or "")
+    services.store.set_pref("demo.share", "off" if not settings.share else (share_url or "unreachable"))
 
     def _terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -166,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_port=settings.port,
             # Gradio's own auth has no rate limit or lockout; the guard adds both.
             auth=LoginGuard(settings.auth).check if settings.auth else None,
-            share=settings.share,
+            share=False,  # --share is for the guest app: the console is never on a public link
             allowed_paths=[],
             footer_links=["api", "gradio", "settings"],
             **launch_kwargs,

@@ -68,7 +68,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     auth: tuple[tuple[str, str], ...] = ()
-    share: bool = False
+    share: bool = False  # a public share link for the guest app (demo links); never for the console
     state_dir: Path = field(default_factory=default_state_dir)
     model_roots: tuple[Path, ...] = ()
     lmdeploy_python: str = ""
@@ -76,7 +76,7 @@ class Settings:
     gpu_sample_hz: float = 2.0
     demo_host: str = "127.0.0.1"  # the guest app's address (guests only: it may face the LAN without --auth)
     demo_port: int = 0  # 0 = the console's port + 1
-    demo_share: bool = False  # a public Gradio share link for the guest app (never for the console)
+    share_server_address: str = ""  # a self-hosted share server for --share
     hf_cache_dir: Path = field(default_factory=default_hf_cache_dir)
     hub_endpoint: str = field(default_factory=default_hub_endpoint)
     hub_mirror: str = field(default_factory=default_hub_mirror)
@@ -127,8 +127,6 @@ class Settings:
         """Why this configuration must not start, or None: the console spawns processes, so no open door."""
         if self.auth:
             return None
-        if self.share:
-            return "--share publishes the console on a public link; add --auth user:pass or --auth-file FILE."
         if not is_loopback(self.host):
             return (
                 f"--host {self.host} lets other machines reach the console, which starts processes; "

@@ -6,6 +6,7 @@ Guests never reach this tab: they get the guest app on its own port (webui/guest
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,13 @@ class DemosHandlers:
     """Event handlers of the Demos tab; they command the DemoManager and read its snapshots."""
 
     def __init__(self, demos: DemoManager, servers: ServerManager, guest_url: str, qr_dir: Path,
-                 catalog: Catalog) -> None:
+                 catalog: Catalog, share_state: Callable[[], str] = lambda: "off") -> None:
         self.demos = demos
         self.servers = servers
         self.guest_url = guest_url.rstrip("/")
         self.qr_dir = qr_dir
         self.catalog = catalog
+        self.share_state = share_state  # "off", "unreachable" or the share link the guest app got
 
     def link(self, snap: DemoSnapshot) -> str:
         return self.guest_url + snap.link_path if snap.link_path else ""
@@ -95,7 +97,15 @@ class DemosHandlers:
         if snap is None:
             return format_errors(self.catalog, errors, locale, "demos"), "", None
         link = self.link(snap)
-        return self.catalog.text("demos.msg.published", locale, id=snap.id, link=link), link, self._qr(snap.id, link)
+        message = self.catalog.text("demos.msg.published", locale, id=snap.id, link=link)
+        share = self.share_state()
+        if share == "unreachable":
+            message += "\n\n" + self.catalog.text("demos.msg.share_unreachable", locale)
+        elif share.startswith("http"):  # the public link reaches the same guest app
+            public = share.rstrip("/") + snap.link_path
+            message += "\n\n" + self.catalog.text("demos.msg.share_link", locale, link=public)
+            link = public
+        return message, link, self._qr(snap.id, link)
 
     def _qr(self, demo_id: str, link: str) -> str | None:
         import segno

@@ -90,15 +90,15 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
             with gr.Tab(i18n("tabs.serve"), id="serve") as serve_tab:
                 serve_form, serve_timer, serve_get = build_serve_tab(demo, serve, i18n)
             with gr.Tab(i18n("tabs.chat"), id="chat") as chat_tab:
-                chat_picker = build_chat_tab(chat, targets, i18n)
+                chat_picker, chat_share = build_chat_tab(chat, targets, i18n)
             with gr.Tab(i18n("tabs.tools"), id="tools") as tools_tab:
                 tools_picker = build_tools_tab(tools, targets, i18n)
             with gr.Tab(i18n("tabs.memory"), id="memory") as memory_tab:
                 memory_timer, memory_open = build_memory_tab(memory, i18n)
             with gr.Tab(i18n("tabs.demos"), id="demos") as demos_tab:
-                demos_timer = build_demos_tab(demo, demos, i18n)
+                demos_ui = build_demos_tab(demo, demos, i18n)
         # Only the visible tab polls its services.
-        timers = [models_ui.timer, quantize_timer, serve_timer, memory_timer, demos_timer]
+        timers = [models_ui.timer, quantize_timer, serve_timer, memory_timer, demos_ui.timer]
         quiet: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
         demos_tab.select(_timers(False, False, False, False, True), None, timers, **quiet)
         models_tab.select(_timers(True, False, False, False, False), None, timers, **quiet)
@@ -129,6 +129,13 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                 _timers(True, False, False, False, False), None, timers, **quiet).then(
                 MODELS_FORM.bind(models.list_files), models_inputs, [models_ui.preview, models_ui.files],
                 **quiet, **RAW_INPUTS)
+        # Share this chat: the Demos form starts from the Chat tab's server and settings.
+        chat_share.button.click(
+            demos.from_chat, [chat_picker.target, chat_share.system_prompt, chat_share.temperature, chat_share.top_p,
+                              chat_share.max_tokens],
+            [demos_ui.form.server_id, demos_ui.form.system_prompt, demos_ui.form.temperature, demos_ui.form.top_p,
+             demos_ui.form.max_new_tokens, tabs, demos_ui.message], **quiet).then(
+            _timers(False, False, False, False, True), None, timers, **quiet)
         models_ui.quantize_this.click(models.quantize_this, models_ui.selected,
                                       [quantize_model, tabs, models_ui.message],
                                       api_visibility="private").then(_timers(False, True, False, False, False), None,

@@ -13,8 +13,52 @@ from typing import Any
 import gradio as gr
 
 from webui.i18n.catalog import Catalog
-from webui.services.demos import MAX_MESSAGE_CHARS, DemoGate, guest_id
+from webui.services.demos import MAX_HISTORY_TURNS, MAX_MESSAGE_CHARS, DemoGate, guest_id
 from webui.ui.common import locale_of
+
+MAX_BODY_BYTES = 256 << 10  # a guest request (message + history) is a few kB; more is refused before Gradio reads it
+# Routes a chat page never needs: uploads, and files Gradio would serve from its cache (which the console's own
+# app shares in this process: exports, QR codes of live links).
+CLOSED_PREFIXES = ("/gradio_api/upload", "/gradio_api/file=", "/file=", "/gradio_api/upload_progress")
+
+
+class GuestGuard:
+    """ASGI middleware of the guest app: refuses closed routes and oversized bodies before Gradio sees them."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        if path.startswith(CLOSED_PREFIXES):
+            await _answer(send, 404, b"not here")
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            if scope.get("method") in ("POST", "PUT", "PATCH") or not length.isdigit():
+                await _answer(send, 413, b"too large")
+                return
+        received = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise ValueError("request body over the guest limit")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _answer(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
 
 GUEST_CSS = """
 #guest-ended { font-size: 1.2em; padding: 2em 0; }
@@ -48,22 +92,24 @@ class GuestHandlers:
         return token, header, gr.Markdown(visible=False), gr.Column(visible=True)
 
     def chat(self, message: str, history: list[dict[str, Any]] | None, token: str = "",
-             request: gr.Request = None) -> Iterator[tuple[list[dict[str, Any]], str, str]]:  # type: ignore[assignment]
+             request: gr.Request = None) -> Iterator[tuple[list[dict[str, Any]], Any, Any]]:  # type: ignore[assignment]
         """Send one message to the demo's model; the reply streams in. Refusals are said in the page's words."""
         locale = locale_of(request)
         text = str(message or "")[:MAX_MESSAGE_CHARS + 1]
-        turns = [t for t in (history or []) if isinstance(t, dict)]
+        turns = [t for t in (history or [])[-MAX_HISTORY_TURNS:] if isinstance(t, dict)]  # echoed on every piece
         if not text.strip():
             yield turns, "", ""
             return
         shown = [*turns, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         reply = ""
-        guest = guest_id(*_client_of(request))
-        for event in self.gate.chat(str(token or ""), guest, text, turns):
+        cleared = False  # the box and the notice are sent once, not with every piece of the reply
+        address, session = _client_of(request)
+        for event in self.gate.chat(str(token or ""), guest_id(address, session), text, turns, address=address):
             if event.text:
                 reply += event.text
                 shown[-1] = {"role": "assistant", "content": reply}
-                yield shown, "", ""
+                yield shown, gr.skip() if cleared else "", gr.skip() if cleared else ""
+                cleared = True
             if event.done:
                 notice = self.catalog.text(f"demo.outcome.{event.refused}", locale) if event.refused else ""
                 if event.refused and not reply:
@@ -97,5 +143,7 @@ def build_guest_app(gate: DemoGate, catalog: Catalog | None = None) -> tuple[gr.
                    concurrency_limit=None)
         box.submit(handlers.chat, [box, chatbot, token], [chatbot, box, notice], api_visibility="private",
                    concurrency_limit=None)
-    # Guests upload nothing: Gradio's upload route stays, so cap it at a size that holds no real file.
-    return app, {"i18n": i18n, "css": GUEST_CSS, "theme": gr.themes.Soft(), "max_file_size": "1kb"}
+    from starlette.middleware import Middleware
+
+    return app, {"i18n": i18n, "css": GUEST_CSS, "theme": gr.themes.Soft(), "max_file_size": "1kb",
+                 "app_kwargs": {"middleware": [Middleware(GuestGuard)]}}

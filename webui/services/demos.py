@@ -33,6 +33,9 @@ MAX_HISTORY_TURNS = 20
 MAX_EXPIRY_MINUTES = 7 * 24 * 60
 GUEST_IDLE_S = 300.0  # a guest counts as "now" for this long after their last request
 RATE_WINDOW_S = 60.0
+MAX_GUESTS_PER_ADDRESS = 8  # guests (browser sessions) one outside address may hold at once
+# Refusals of a link that opens nothing now are not audited: a revoked link hammered would grow the table.
+UNAUDITED = frozenset({"ended", "back_soon", "unknown"})
 # Outcomes of a guest request, as audited (each has a catalog entry demo.outcome.<name>).
 OUTCOMES = ("ok", "rate", "tokens", "busy", "guests", "too_long", "ended", "back_soon", "error", "stopped",
             "unknown")
@@ -118,7 +121,54 @@ class _Live:
 
     windows: dict[str, deque[float]] = field(default_factory=dict)
     last_seen: dict[str, float] = field(default_factory=dict)
+    address: dict[str, str] = field(default_factory=dict)  # guest -> the address it came from
     open: dict[str, str] = field(default_factory=dict)  # request id -> guest
+    revoked: bool = False
+
+    def forget_idle(self, now: float) -> None:
+        """Drop guests idle past GUEST_IDLE_S and rate windows, so the counters stay as small as the crowd."""
+        for guest in [g for g, seen in self.last_seen.items() if now - seen > max(GUEST_IDLE_S, RATE_WINDOW_S)]:
+            if guest not in self.open.values():
+                self.last_seen.pop(guest, None)
+                self.windows.pop(guest, None)
+                self.address.pop(guest, None)
+
+
+def spec_of(row: dict[str, Any]) -> DemoSpec | None:
+    """The stored spec, reading only the fields this version knows (a newer row's extra keys are left out)."""
+    data = json_object(row.get("spec_json", ""))
+    known = {k: v for k, v in data.items() if k in DemoSpec.__dataclass_fields__}
+    try:
+        return DemoSpec(**known)
+    except TypeError:
+        return None
+
+
+def text_of(content: Any) -> str | None:
+    """A turn's text: a string, or Gradio's list of blocks ([{"type": "text", "text": …}, …])."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [str(b["text"]) for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
+        return "".join(parts) if parts else None
+    if isinstance(content, dict) and isinstance(content.get("text"), str):
+        return content["text"]
+    return None
+
+
+def history_messages(history: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The last turns of a guest's conversation as chat messages (user and assistant text only, each cut)."""
+    messages = []
+    for turn in history[-MAX_HISTORY_TURNS:]:
+        role, text = turn.get("role"), text_of(turn.get("content"))
+        if role in ("user", "assistant") and text:
+            messages.append({"role": str(role), "content": text[:MAX_MESSAGE_CHARS]})
+    return messages
+
+
+def is_outside(address: str) -> bool:
+    """An address other than this machine's (behind a share tunnel every guest comes from loopback)."""
+    return bool(address) and not address.startswith(("127.", "::1", "localhost"))
 
 
 def token_hash(token: str) -> str:
@@ -178,10 +228,12 @@ class DemoManager:
         """End the demo now: its link stops working and its guests' open replies are closed."""
         if self._store.get_demo(demo_id=demo_id) is None:
             raise KeyError(demo_id)
+        with self._lock:  # first, so a request admitted from now on is refused
+            live = self._live.setdefault(demo_id, _Live())
+            live.revoked = True
+            requests = list(live.open)
         self._store.revoke_demo(demo_id, self._clock())
         self._store.add_event(demo_id, "demo revoked")
-        with self._lock:
-            requests = list(self._live.get(demo_id, _Live()).open)
         for request_id in requests:
             self._chat.cancel(request_id)
         self._secrets.delete(f"demo/{demo_id}/token")
@@ -235,13 +287,17 @@ class DemoManager:
         return self._store.get_demo(token_hash=token_hash(token))
 
     def _view(self, token: str) -> GuestView:
-        row = self._find(token)
+        return self._view_of(self._find(token))
+
+    def _view_of(self, row: dict[str, Any] | None) -> GuestView:
         if row is None:
             return GuestView(open=False, reason="unknown")
         state = self._state(row)
         if state in ("revoked", "expired"):
             return GuestView(open=False, reason="ended")
-        spec = DemoSpec(**json_object(row["spec_json"]))
+        spec = spec_of(row)
+        if spec is None:
+            return GuestView(open=False, reason="unknown")
         server = self._servers.get(spec.server_id)
         model = (server.model_id if server else "") or ""
         if state == "back_soon":
@@ -250,8 +306,9 @@ class DemoManager:
                          max_new_tokens=spec.max_new_tokens)
 
     def _admit(self, row: dict[str, Any], spec: DemoSpec, guest: str, message: str, max_tokens: int | None,
-               request_id: str) -> str:
-        """The refusal reason ("" = admitted, and counted as an open stream)."""
+               request_id: str, address: str = "") -> str:
+        """The refusal reason ("" = admitted, and counted as an open stream). A guest holds one reply at a time,
+        and one outside address at most MAX_GUESTS_PER_ADDRESS guests (a session id is the client's to choose)."""
         now = self._clock()
         if len(message) > MAX_MESSAGE_CHARS:
             return "too_long"
@@ -259,18 +316,26 @@ class DemoManager:
             return "tokens"
         with self._lock:
             live = self._live.setdefault(row["id"], _Live())
+            if live.revoked:
+                return "ended"
+            live.forget_idle(now)
             active = {g for g, seen in live.last_seen.items() if now - seen <= GUEST_IDLE_S}
-            if guest not in active and len(active) >= spec.max_guests:
-                return "guests"
-            live.last_seen[guest] = now
+            if guest not in active:
+                if len(active) >= spec.max_guests:
+                    return "guests"
+                if is_outside(address) and sum(1 for g in active if live.address.get(g) == address) \
+                        >= MAX_GUESTS_PER_ADDRESS:
+                    return "guests"
             window = live.windows.setdefault(guest, deque())
             while window and now - window[0] > RATE_WINDOW_S:
                 window.popleft()
             if len(window) >= spec.rate_per_minute:
                 return "rate"
-            if len(live.open) >= spec.max_concurrent:
+            if len(live.open) >= spec.max_concurrent or guest in live.open.values():
                 return "busy"
             window.append(now)
+            live.last_seen[guest] = now  # only an admitted request keeps a guest's place
+            live.address[guest] = address
             live.open[request_id] = guest
         return ""
 
@@ -279,30 +344,26 @@ class DemoManager:
             self._live.get(demo_id, _Live()).open.pop(request_id, None)
 
     def _chat_stream(self, token: str, guest: str, message: str, history: list[dict[str, Any]],
-                     max_tokens: int | None) -> Iterator[GuestEvent]:
+                     max_tokens: int | None, address: str = "") -> Iterator[GuestEvent]:
         row = self._find(token)
-        view = self._view(token)
-        if row is None or not view.open:
-            if row is not None:
-                self._store.add_demo_request(row["id"], self._clock(), guest, view.reason or "ended")
-            yield GuestEvent(done=True, refused=view.reason or "ended")
+        view = self._view_of(row)  # one lookup of the token a message
+        spec = spec_of(row) if row is not None else None
+        if row is None or spec is None or not view.open:
+            yield GuestEvent(done=True, refused=view.reason or "ended")  # not audited: see UNAUDITED
             return
-        spec = DemoSpec(**json_object(row["spec_json"]))
         request_id = self._chat.new_request_id()
-        refused = self._admit(row, spec, guest, message, max_tokens, request_id)
+        refused = self._admit(row, spec, guest, message, max_tokens, request_id, address)
         if refused:
-            self._store.add_demo_request(row["id"], self._clock(), guest, refused)
+            if refused not in UNAUDITED:
+                self._store.add_demo_request(row["id"], self._clock(), guest, refused)
             yield GuestEvent(done=True, refused=refused)
             return
         messages: list[dict[str, Any]] = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt \
             else []
-        for turn in history[-MAX_HISTORY_TURNS:]:
-            role, content = turn.get("role"), turn.get("content")
-            if role in ("user", "assistant") and isinstance(content, str):
-                messages.append({"role": role, "content": content[:MAX_MESSAGE_CHARS]})
+        messages += history_messages(history)
         messages.append({"role": "user", "content": message})
         params = SamplingParams(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens)
-        outcome, reply, stats = "ok", [], None
+        outcome, reply, stats = "error", [], None
         try:
             endpoint = self._chat.endpoint_for_server(spec.server_id)
             for event in self._chat.stream(endpoint, messages, params, request_id=request_id):
@@ -311,16 +372,22 @@ class DemoManager:
                 elif event.content:
                     reply.append(event.content)
                     yield GuestEvent(text=event.content)
+            outcome = "ok"
             if stats is not None and stats.cancelled:
                 outcome = "ended" if self._view(token).reason == "ended" else "stopped"
+        except GeneratorExit:
+            outcome = "stopped"  # the guest left: the stream is closed with the generator
+            raise
         except ChatError as exc:
-            outcome = "back_soon" if exc.kind in ("not_ready", "no_server", "connection") else "error"
+            outcome = {"cancelled": "ended" if self._view(token).reason == "ended" else "stopped",
+                       "too_long": "too_long", "not_ready": "back_soon", "no_server": "back_soon",
+                       "connection": "back_soon", "stream_broken": "back_soon"}.get(exc.kind, "error")
         finally:
             self._release(row["id"], request_id)
+            done = int(getattr(stats, "completion_tokens", 0) or 0) or len(reply)
             self._store.add_demo_request(
                 row["id"], self._clock(), guest, outcome,
-                prompt_tokens=int(getattr(stats, "prompt_tokens", 0) or 0),
-                completion_tokens=int(getattr(stats, "completion_tokens", 0) or 0),
+                prompt_tokens=int(getattr(stats, "prompt_tokens", 0) or 0), completion_tokens=done,
                 ttft_ms=(stats.ttft_s * 1000 if stats is not None and stats.ttft_s is not None else None),
                 text=(f"{message}\n---\n{''.join(reply)}"[:MAX_TEXT_CHARS * 4] if spec.transcripts else ""))
         yield GuestEvent(done=True, refused="" if outcome == "ok" else outcome)
@@ -336,5 +403,5 @@ class DemoGate:
         return self._manager._view(token)
 
     def chat(self, token: str, guest: str, message: str, history: list[dict[str, Any]],
-             max_tokens: int | None = None) -> Iterator[GuestEvent]:
-        return self._manager._chat_stream(token, guest, message, history, max_tokens)
+             max_tokens: int | None = None, address: str = "") -> Iterator[GuestEvent]:
+        return self._manager._chat_stream(token, guest, message, history, max_tokens, address)

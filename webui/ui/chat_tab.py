@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,20 @@ class ChatHandlers:
                 "messages": [*messages, {"role": "assistant", "content": reply}]}
 
 
-def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18n) -> TargetPicker:
-    """Lay out the tab and wire its events; returns the target picker (refreshed when the tab opens)."""
+@dataclass(frozen=True)
+class ChatShare:
+    """"Share this chat": the button and the settings a demo of this chat starts from (the app wires it)."""
+
+    button: gr.Button
+    system_prompt: gr.Textbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_tokens: gr.Number
+
+
+def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18n) -> tuple[TargetPicker, ChatShare]:
+    """Lay out the tab and wire its events; returns the target picker (refreshed when the tab opens) and what
+    "Share this chat" hands to the Demos tab."""
     state = gr.State(empty_state())
     picker = build_target_picker(i18n, "chat")
     with gr.Row():
@@ -204,6 +217,7 @@ def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18
             with gr.Row():
                 export_json_button = gr.Button(i18n("chat.export_json"), size="sm")
                 export_md_button = gr.Button(i18n("chat.export_md"), size="sm")
+                share = gr.Button(i18n("chat.share_button"), size="sm", elem_id="chat-share")
             export_file = gr.File(label=i18n("chat.export_file.label"), interactive=False, height=80)
 
     wire_target_picker(picker, targets, notice)
@@ -228,4 +242,4 @@ def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18
     export_json_button.click(handlers.export_conversation, [kind_json, *export_inputs], export_file, **private)
     export_md_button.click(handlers.export_conversation, [kind_md, *export_inputs], export_file, **private)
     gr.api(handlers.chat_api, api_name="chat")
-    return picker
+    return picker, ChatShare(share, system_prompt, temperature, top_p, max_tokens)

@@ -117,6 +117,18 @@ class DemosHandlers:
         path.write_bytes(buffer.getvalue())
         return str(path)
 
+    def from_chat(self, target: str | None, system_prompt: str, temperature: float, top_p: float,
+                  max_tokens: float | None, request: gr.Request) -> tuple[Any, ...]:
+        """Share this chat: the Demos form filled from the Chat tab's server and settings, and that tab shown."""
+        locale = locale_of(request)
+        server = self.servers.get(target) if target else self.servers.active()
+        if server is None or server.state != ServerState.READY:
+            return (gr.Dropdown(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Tabs(),
+                    self.catalog.text("demos.msg.chat_needs_server", locale))
+        return (self.server_choices(server.id), system_prompt or "", temperature, top_p,
+                int(max_tokens or DemoSpec.max_new_tokens), gr.Tabs(selected="demos"),
+                self.catalog.text("demos.msg.from_chat", locale, id=server.id))
+
     def revoke_demo(self, demo_id: str, request: gr.Request | None = None) -> str:
         """End a demo now: its link stops working and its guests' open replies are closed."""
         locale = locale_of(request)
@@ -190,8 +202,17 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
-def build_demos_tab(demo: gr.Blocks, handlers: DemosHandlers, i18n: gr.I18n) -> gr.Timer:
-    """Lay out the Demos tab and wire its events; returns its timer (the app switches it with the tab)."""
+@dataclass(frozen=True)
+class DemosTab:
+    """What the app wires across tabs: the timer, the form (Share this chat fills it) and the message."""
+
+    timer: gr.Timer
+    form: DemoForm
+    message: gr.Markdown
+
+
+def build_demos_tab(demo: gr.Blocks, handlers: DemosHandlers, i18n: gr.I18n) -> DemosTab:
+    """Lay out the Demos tab and wire its events."""
     d = DemoValues()
     with gr.Row():
         with gr.Column(scale=5):
@@ -246,4 +267,4 @@ def build_demos_tab(demo: gr.Blocks, handlers: DemosHandlers, i18n: gr.I18n) -> 
     demo.load(handlers.load_page, [server_id, selected], [server_id, table, selected, detail, audit], **quiet)
     gr.api(handlers.list_demos_api, api_name="list_demos")
     gr.api(handlers.demo_usage_api, api_name="demo_usage")
-    return timer
+    return DemosTab(timer, form, message)

@@ -23,12 +23,14 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scripts.checks import Checks  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 from webui.services.chat import SamplingParams  # noqa: E402
 from webui.services.container import Services  # noqa: E402
@@ -40,48 +42,32 @@ PROMPT = "Write a long story about a lighthouse keeper and the sea."
 READY_TIMEOUT_S = 600.0
 
 
-class Checks:
-    def __init__(self) -> None:
-        self.rows: list[dict[str, object]] = []
-
-    def add(self, name: str, ok: bool, value: str) -> bool:
-        self.rows.append({"check": name, "ok": bool(ok), "value": value})
-        print(f"[{'PASS' if ok else 'FAIL'}] {name}: {value}", flush=True)
-        return bool(ok)
+def timed(pieces: Iterator[str]) -> tuple[float | None, float | None, int]:
+    """(TTFT s, decode pieces/s, pieces) of one reply's text pieces, timed as they arrive."""
+    started = time.perf_counter()
+    first = last = None
+    count = 0
+    for _piece in pieces:
+        now = time.perf_counter()
+        first = first if first is not None else now - started
+        last = now - started
+        count += 1
+    if first is None or last is None or count < 2 or last <= first:
+        return first, None, count
+    return first, (count - 1) / (last - first), count
 
 
 def guest_reply(gate: DemoGate, token: str, guest: str) -> tuple[float | None, float | None, int]:
-    """(TTFT s, decode tokens/s, pieces) of one guest reply, timed as the guest app sees it."""
-    started = time.perf_counter()
-    first = last = None
-    pieces = 0
-    for event in gate.chat(token, guest, PROMPT, []):
-        if event.text:
-            now = time.perf_counter()
-            first = first if first is not None else now - started
-            last = now - started
-            pieces += 1
-    if first is None or last is None or pieces < 2 or last <= first:
-        return first, None, pieces
-    return first, (pieces - 1) / (last - first), pieces
+    """A guest's reply through the demo gate, as the guest app sees it."""
+    return timed(e.text for e in gate.chat(token, guest, PROMPT, []) if e.text)
 
 
 def console_reply(services: Services, server_id: str, max_tokens: int) -> tuple[float | None, float | None, int]:
-    """The same, through the console's own Chat service (pieces counted the same way)."""
+    """The same through the console's own Chat service (pieces counted the same way)."""
     endpoint = services.chat.endpoint_for_server(server_id)
-    started = time.perf_counter()
-    first = last = None
-    pieces = 0
-    for event in services.chat.stream(endpoint, [{"role": "user", "content": PROMPT}],
-                                      SamplingParams(temperature=0.7, max_tokens=max_tokens)):
-        if event.content:
-            now = time.perf_counter()
-            first = first if first is not None else now - started
-            last = now - started
-            pieces += 1
-    if first is None or last is None or pieces < 2 or last <= first:
-        return first, None, pieces
-    return first, (pieces - 1) / (last - first), pieces
+    return timed(e.content for e in services.chat.stream(endpoint, [{"role": "user", "content": PROMPT}],
+                                                         SamplingParams(temperature=0.7, max_tokens=max_tokens))
+                 if e.content)
 
 
 def median(values: list[float | None]) -> float:

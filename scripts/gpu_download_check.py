@@ -31,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scripts.checks import Checks  # noqa: E402
 from tests.hub_endpoint import HubEndpoint  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 from webui.services.chat import ChatError, SamplingParams  # noqa: E402
@@ -46,22 +47,6 @@ READY_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 60.0
 # huggingface_hub reads these once, at import; the download must not be offline nor use someone's token.
 CLEARED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-
-
-class Checks:
-    """Named pass/fail checks with the numbers behind them."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, object]] = []
-
-    def add(self, name: str, ok: bool, value: str) -> bool:
-        self.rows.append({"check": name, "ok": bool(ok), "value": value})
-        print(f"[{'PASS' if ok else 'FAIL'}] {name}: {value}", flush=True)
-        return bool(ok)
-
-    @property
-    def failed(self) -> bool:
-        return not self.rows or any(not r["ok"] for r in self.rows)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

@@ -3,6 +3,7 @@ context as a guest, chat, revoke, and the guest's page says the demo has ended."
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from webui.services.serve_spec import ServerSpec
 from webui.settings import Settings
 
 pytestmark = pytest.mark.browser
+
+SCREENSHOTS = os.environ.get("CONSOLE_SCREENSHOTS", "")
 
 WORDS = {
     "en-US": {"tab": "Demos", "published": "is published", "revoked": "is revoked",
@@ -77,6 +80,8 @@ def test_publish_chat_as_a_guest_then_revoke(browser, demo_console, locale: str)
     expect(link_box).to_have_value(re.compile(r"\?demo=[\w-]{20,}"), timeout=TIMEOUT_MS)
     link = link_box.input_value()
     expect(owner.locator("#demos-qr img")).to_be_visible(timeout=TIMEOUT_MS)
+    if SCREENSHOTS:
+        owner.screenshot(path=str(Path(SCREENSHOTS) / f"demos-{locale[:2]}.png"), full_page=True)
 
     # A guest, in a browser context of their own, opens the link and chats.
     context = browser.new_context(locale=locale)
@@ -87,6 +92,8 @@ def test_publish_chat_as_a_guest_then_revoke(browser, demo_console, locale: str)
     guest.locator("#guest-send").click()
     expect(guest.locator("#guest-chat")).to_contain_text("Hello!", timeout=TIMEOUT_MS)
     expect(guest.locator("#guest-chat .message").nth(1)).not_to_be_empty(timeout=TIMEOUT_MS)
+    if SCREENSHOTS:
+        guest.screenshot(path=str(Path(SCREENSHOTS) / f"guest-{locale[:2]}.png"), full_page=True)
 
     # The owner sees the request and revokes the demo; the guest's page then says it has ended.
     expect(owner.locator("#demos-table")).to_contain_text(f"Tiny demo {locale}", timeout=TIMEOUT_MS)

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _, _, share_url = guest.launch(server_name=settings.demo_host, server_port=settings.guest_port,
                                        share=settings.share, share_server_address=settings.share_server_address or None,
-                                       allowed_paths=[], footer_links=[], prevent_thread_lock=True, quiet=True,
+                                       allowed_paths=[], prevent_thread_lock=True, quiet=True,
                                        **guest_kwargs)
     except OSError as exc:
         print(f"lmdeploy-console: the guest app cannot listen on {settings.demo_host}:{settings.guest_port} "

@@ -146,4 +146,5 @@ def build_guest_app(gate: DemoGate, catalog: Catalog | None = None) -> tuple[gr.
     from starlette.middleware import Middleware
 
     return app, {"i18n": i18n, "css": GUEST_CSS, "theme": gr.themes.Soft(), "max_file_size": "1kb",
+                 "footer_links": [],  # no "Use via API" page for guests
                  "app_kwargs": {"middleware": [Middleware(GuestGuard)]}}

@@ -196,6 +196,8 @@ def test_publish_in_the_tab_gives_a_link_a_qr_code_and_the_share_state(guest_sid
     message, link, qr = handlers.publish_demo(DEMO_FORM.parse({"server_id": guest_side.server_id,
                                                                "title": "T", "max_new_tokens": "64"}), None)
     assert expected in message and "?demo=" in link and qr and Path(qr).read_bytes()[:4] == b"\x89PNG"
+    demo_id = message.split("`")[1]
+    assert "revoked" in handlers.revoke_demo(demo_id) and not Path(qr).exists()  # the QR of a dead link goes
     refused, no_link, no_qr = handlers.publish_demo(DEMO_FORM.parse({"server_id": "nope", "rate_per_minute": 0}),
                                                     None)
     assert not no_link and no_qr is None and "Server" in refused and "Messages per guest per minute" in refused

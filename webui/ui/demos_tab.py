@@ -136,6 +136,7 @@ class DemosHandlers:
             snap = self.demos.revoke(demo_id)
         except KeyError:
             return self.catalog.text("demos.msg.unknown", locale, id=demo_id)
+        (self.qr_dir / f"{snap.id}.png").unlink(missing_ok=True)  # its link no longer opens anything
         return self.catalog.text("demos.msg.revoked", locale, id=snap.id)
 
     def list_demos_api(self) -> list[dict]:

@@ -64,9 +64,16 @@ def test_bad_values_are_named_in_the_page_and_nothing_starts(browser, broken_pyt
     expect(status).to_contain_text("Ready to start", timeout=TIMEOUT_MS)
     page.get_by_text("More options").click()
     extra = page.locator("#serve-extra-args textarea, #serve-extra-args input").first
-    extra.fill("--ssl " * 1000)
-    extra.press("Tab")
-    expect(status).to_contain_text("Extra arguments", timeout=TIMEOUT_MS)
+    expect(extra).to_be_visible(timeout=TIMEOUT_MS)  # the accordion has opened
+    for attempt in range(3):  # a change typed while the page still loads can be lost on a busy 2-core machine
+        extra.fill("--ssl " * 1000 + " " * attempt)
+        extra.press("Tab")
+        try:
+            expect(status).to_contain_text("Extra arguments", timeout=20_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     expect(status).to_contain_text("at most 4,096", timeout=TIMEOUT_MS)
     before = len(console.services.servers.snapshots())
     page.locator("#serve-start").click()

@@ -42,7 +42,7 @@ from benchmarks.chat_overhead import PROMPT, console_stream, speed, start_llama_
 from webui.services import serve as serve_module  # noqa: E402
 from webui.services.chat import ChatService, Endpoint  # noqa: E402
 from webui.services.container import Services  # noqa: E402
-from webui.services.demos import DemoSpec  # noqa: E402
+from webui.services.demos import DemoSpec, text_of  # noqa: E402
 from webui.settings import Settings  # noqa: E402
 
 TTFT_GOAL_MS = 20.0
@@ -63,14 +63,10 @@ class Sample:
         return self.ttft, self.total, self.tokens
 
 
-def _text_of(content: Any) -> str:
-    """A Chatbot message's text (a string, or a list of content blocks)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(b.get("text", "")) if isinstance(b, dict) else str(b) for b in content)
-    if isinstance(content, dict):
-        return str(content.get("text", ""))
+def _reply(history: list[dict[str, Any]]) -> str:
+    """The streamed reply so far: the last message's text when it is the assistant's."""
+    if history and history[-1].get("role") == "assistant":
+        return text_of(history[-1].get("content")) or ""
     return ""
 
 
@@ -84,7 +80,7 @@ def guest_stream(client: Any, token: str, last_tokens: Callable[[], int]) -> Sam
     for output in job:
         now = time.perf_counter()
         history, _box, notice = output
-        reply = _text_of(history[-1].get("content")) if history and history[-1].get("role") == "assistant" else ""
+        reply = _reply(history)
         if reply and first is None:
             first = now
         if reply != shown:
@@ -122,8 +118,7 @@ def raw_http_stream(url: str, token: str, last_tokens: Callable[[], int]) -> Sam
                 continue
             now = time.perf_counter()
             history, _box, notice = json.loads(line[5:])
-            reply = _text_of(history[-1].get("content")) if history and history[-1].get("role") == "assistant" \
-                else ""
+            reply = _reply(history)
             if reply and first is None:
                 first = now
             if reply != shown:

@@ -15,8 +15,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-HUGGING_FACE = "https://huggingface.co"
-DEFAULT_MIRROR = "https://hf-mirror.com"
 SOURCES = ("huggingface", "mirror", "modelscope")
 # What `lmdeploy` itself leaves out of a snapshot (its get_model: ignore_patterns=['*.pth']).
 IGNORE_PATTERNS = ("*.pth",)

@@ -150,7 +150,12 @@ def test_resolve_headers_and_ranges(hub: HubEndpoint, repo_dir: Path) -> None:
     assert hub.served_bytes(REPO, WEIGHTS) == len(data) - 90
     status, headers, _ = http(url, headers={"Range": f"bytes={len(data)}-"})
     assert status == 416 and headers["Content-Range"] == f"bytes */{len(data)}"
-    last = hub.requests[-2]
+    # A request is recorded when the server's thread has finished answering it, which can be after the client
+    # has read the answer and moved on: find it by its range, waiting a moment for the record.
+    deadline = time.monotonic() + 5
+    while not any(r.range == "bytes=10-19" for r in hub.requests) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    last = next(r for r in hub.requests if r.range == "bytes=10-19")
     assert (last.method, last.range, last.status, last.body_bytes, last.has_authorization) == (
         "GET", "bytes=10-19", 206, 10, False)
 

@@ -40,6 +40,10 @@ def test_reads_the_tiny_models_config(tiny_shape: ModelShape) -> None:
     assert 32 * MIB < tiny_shape.weight_bytes() < 34 * MIB  # 33 MB on disk
 
 
+# On an H200 at fraction 0.4 (num_gpu_blocks from the engine's log): policy → blocks of 64 tokens.
+H200_BLOCKS = {0: 227_742, 16: 455_485, 42: 1_143_178}
+
+
 @pytest.mark.parametrize(("fraction", "policy"), sorted(MEASURED))
 def test_predictions_are_within_5_percent_of_the_h100(tiny_shape: ModelShape, fraction: float, policy: int) -> None:
     used_mib, blocks = MEASURED[(fraction, policy)]
@@ -57,6 +61,31 @@ def test_kv_quantization_keeps_memory_and_multiplies_tokens(tiny_shape: ModelSha
     assert none.kv_pool_bytes == pytest.approx(int4.kv_pool_bytes, rel=0.001)
     assert int8.tokens / none.tokens == pytest.approx(249_056 / 128_419, rel=0.01)  # ×1.94 measured
     assert int4.tokens / none.tokens == pytest.approx(483_461 / 128_419, rel=0.01)  # ×3.76 measured
+
+
+@pytest.mark.parametrize("policy", [16, 42])
+def test_fp8_and_turbo_quant_block_ratios_match_the_h200(tiny_shape: ModelShape, policy: int) -> None:
+    h200 = GPU_SIZES_MIB["141 GB (H200)"] * MIB
+    base, other = (plan(PlanInput(tiny_shape, h200, cache_max_entry_count=0.4, quant_policy=p, other_used_bytes=IDLE))
+                   for p in (0, policy))
+    assert other.blocks / base.blocks == pytest.approx(H200_BLOCKS[policy] / H200_BLOCKS[0], rel=0.01)
+    assert other.kv_pool_bytes == pytest.approx(base.kv_pool_bytes, rel=0.001)
+
+
+def test_turbo_quant_layout(tiny_shape: ModelShape) -> None:
+    # Per layer, KV head and token: K 4-bit (64 B) + two fp16 scalars, V 2-bit (32 B) + one: 102 B against 512 B.
+    assert kv_bytes_per_token(tiny_shape, 42) == 4 * 2 * (64 + 4 + 32 + 2)
+    assert kv_bytes_per_token(tiny_shape, 0) / kv_bytes_per_token(tiny_shape, 42) == pytest.approx(5.02, abs=0.005)
+    qwen = ModelShape.from_config(PRESETS["Qwen2.5 7B"])  # 4 KV heads
+    assert kv_bytes_per_token(qwen, 42, tp=2) == 28 * 2 * (64 + 4 + 32 + 2)
+    # One head a GPU: V's scalars (64 tokens × 2 B = 128 B a block) are padded to 256 B, as LMDeploy allocates them.
+    assert kv_bytes_per_token(qwen, 42, tp=4) == 28 * (64 + 4 + 32 + 4)
+
+
+def test_the_chart_adds_the_chosen_policy(tiny_shape: ModelShape) -> None:
+    rows = sweep(PlanInput(tiny_shape, H100_TOTAL, quant_policy=42, other_used_bytes=IDLE))
+    assert sorted({r["policy"] for r in rows}) == [0, 4, 8, 42]
+    assert {r["policy"] for r in sweep(PlanInput(tiny_shape, H100_TOTAL, quant_policy=8))} == {0, 8, 4}
 
 
 @pytest.mark.parametrize(("name", "fp16_per_token"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import socket
 import sys
@@ -19,6 +20,7 @@ from webui.services.serve_spec import (
     check_spec,
     cli_args,
     command_preview,
+    kv_head_dim,
     split_extra_args,
     suggest_port,
 )
@@ -76,7 +78,10 @@ def test_preview_round_trips_through_a_shell_split(good: ServerSpec) -> None:
         ({"backend": "vllm"}, "backend", "errors.choice"),
         ({"model_format": "gguf"}, "model_format", "errors.choice"),
         ({"kv_policy": "int2"}, "kv_policy", "errors.choice"),
-        ({"kv_policy": "fp8", "backend": "turbomind"}, "kv_policy", "errors.fp8_needs_pytorch"),
+        ({"kv_policy": "fp8", "backend": "turbomind"}, "kv_policy", "errors.kv_policy_needs_pytorch"),
+        ({"kv_policy": "turbo_quant", "backend": "turbomind"}, "kv_policy", "errors.kv_policy_needs_pytorch"),
+        ({"kv_policy": "turbo_quant", "extra_args": "--speculative-algorithm eagle3"}, "kv_policy",
+         "errors.kv_policy_speculative"),
         ({"cache_max_entry_count": 0.0}, "cache_max_entry_count", "errors.fraction_range"),
         ({"cache_max_entry_count": 1.0}, "cache_max_entry_count", "errors.fraction_range"),
         ({"cache_max_entry_count": 80.0}, "cache_max_entry_count", "errors.fraction_range"),
@@ -101,6 +106,33 @@ def test_preview_round_trips_through_a_shell_split(good: ServerSpec) -> None:
 )
 def test_bad_fields_are_named(good: ServerSpec, roots: ModelRoots, change: dict, field: str, key: str) -> None:
     assert errors_of(replace(good, **change), roots).get(field) == key
+
+
+def test_turbo_quant_is_policy_42_on_pytorch(good: ServerSpec, roots: ModelRoots) -> None:
+    spec = replace(good, kv_policy="turbo_quant")
+    checked = check_spec(spec, roots, 1)
+    assert isinstance(checked, CheckedSpec)  # the tiny Llama's head dim is 128
+    argv = build_argv(checked, sys.executable)
+    assert argv[argv.index("--quant-policy") + 1] == "42" and argv[argv.index("--backend") + 1] == "pytorch"
+    refused = check_spec(replace(spec, backend="turbomind"), roots, 1)
+    assert [(e.field, e.key, e.params) for e in refused] == [
+        ("kv_policy", "errors.kv_policy_needs_pytorch", {"policy": "turbo_quant"})]
+
+
+def test_turbo_quant_needs_a_power_of_two_head_dim(good: ServerSpec, roots: ModelRoots, model_root: Path,
+                                                   tiny_model_dir: Path) -> None:
+    odd = model_root / "head-dim-96"
+    odd.mkdir()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "head_dim": 96}))
+    spec = replace(good, model_path=str(odd), kv_policy="turbo_quant")
+    refused = check_spec(spec, roots, 1)
+    assert [(e.field, e.key, e.params) for e in refused] == [
+        ("kv_policy", "errors.kv_policy_head_dim", {"policy": "turbo_quant", "head_dim": "96"})]
+    assert isinstance(check_spec(replace(spec, kv_policy="int4"), roots, 1), CheckedSpec)
+    mla = {"num_hidden_layers": 2, "hidden_size": 1024, "num_attention_heads": 8, "kv_lora_rank": 512,
+           "qk_rope_head_dim": 64}
+    assert kv_head_dim(mla) == 576 and kv_head_dim({"text_config": config}) == 128 and kv_head_dim({}) is None
 
 
 def test_open_host_is_allowed_with_a_key(good: ServerSpec, roots: ModelRoots) -> None:

@@ -4,8 +4,9 @@ Pure arithmetic from config.json. How LMDeploy 0.18 (pytorch engine) sizes its K
 (../shared/gpu/README.md; tests/test_planner.py holds those numbers):
 - the pool is `cache_max_entry_count` × the memory that is free once the engine has loaded its weights
   (free = total − what other programs hold − the engine's CUDA context − weights/tp);
-- it is cut into blocks of 64 tokens of `layers × 2 × kv_heads/tp × (head_dim × bits/8 + (4 if quantized))`
-  bytes each (the 4 bytes hold a quantized token's scale and zero point);
+- it is cut into blocks of 64 tokens; a block holds, per layer, K and V of `kv_heads/tp` heads plus, for the
+  quantized policies, a few scalars a head and token in the model's dtype (KV_LAYOUTS says which), each of these
+  tensors padded to 256 bytes (lmdeploy/pytorch/engine/cache_engine/schema.py, CacheDesc and build_*_cache_desc);
 - besides the pool the engine holds its context and about 11 KB of bookkeeping per block.
 So KV int8/int4 leave memory where it was and multiply the tokens: the pool is a fraction of free memory,
 whatever one token costs.
@@ -24,10 +25,37 @@ BLOCK_TOKENS = 64
 # Fitted to the H100 runs: context before the pool is allocated, and the per-block bookkeeping after.
 ENGINE_CONTEXT_BYTES = 785 * MIB
 PER_BLOCK_OVERHEAD_BYTES = 11_288
-# quant policy → bits a value, and whether each token also stores a scale and zero point (int8/int4 do;
-# fp8 / fp8_e5m2, policies 16 and 17 on the pytorch engine, do not).
-KV_BITS = MappingProxyType({0: 16, 8: 8, 4: 4, 16: 8, 17: 8})
-KV_SCALED = frozenset({8, 4})
+# Each per-block cache tensor is padded to this many bytes (CacheDesc.alignment in LMDeploy 0.18).
+KV_ALIGN_BYTES = 256
+# Scales, zeros and norms are stored in the model's dtype (fp16 / bf16).
+KV_SCALAR_BYTES = 2
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """What one token stores per layer and KV head under a quant policy: bits a K and a V value, and how many
+    scalars sit beside K and beside V (LMDeploy 0.18 pytorch engine, cache_engine/schema.py)."""
+
+    k_bits: int
+    v_bits: int
+    k_scalars: int = 0
+    v_scalars: int = 0
+
+    def tensor_bytes(self, head_dim: int) -> tuple[float, ...]:
+        """Bytes a token and head in each cache tensor: K, V, then the K and V scalars where there are any."""
+        return tuple(b for b in (head_dim * self.k_bits / 8, head_dim * self.v_bits / 8,
+                                 self.k_scalars * KV_SCALAR_BYTES, self.v_scalars * KV_SCALAR_BYTES) if b)
+
+
+# quant policy → layout. int8/int4 keep a scale and a zero point for K and for V; fp8 / fp8_e5m2 (16, 17) keep
+# none (one scale a tensor); TurboQuant (42) packs K in 4 bits (3-bit codebook + 1 QJL sign bit) with two scalars
+# and V in 2 bits with one (the norm).
+KV_LAYOUTS: Mapping[int, KvLayout] = MappingProxyType({
+    0: KvLayout(16, 16), 8: KvLayout(8, 8, 2, 2), 4: KvLayout(4, 4, 2, 2), 16: KvLayout(8, 8), 17: KvLayout(8, 8),
+    42: KvLayout(4, 2, 2, 1),
+})
+# Policies every backend has: the planner's chart always draws them (and the chosen one if it is another).
+SWEEP_POLICIES = (0, 8, 4)
 # GPU memory as NVML reports it (MiB), for the sizes people plan for.
 GPU_SIZES_MIB = MappingProxyType({"24 GB (A100 slice)": 24_576, "40 GB (A100 40G)": 40_960, "80 GB (H100 80G)": 81_559,
                  "141 GB (H200)": 143_771})
@@ -112,10 +140,14 @@ class ModelShape:
 
 
 def kv_bytes_per_token(shape: ModelShape, quant_policy: int, tp: int = 1) -> float:
-    """DESIGN.md's formula: layers × 2 × kv_heads/tp × (head_dim × bits/8 + (4 if quantized))."""
-    bits = KV_BITS[quant_policy]
-    extra = 4 if quant_policy in KV_SCALED else 0
-    return shape.layers * 2 * (shape.kv_heads / tp) * (shape.head_dim * bits / 8 + extra)
+    """KV bytes a token on one GPU: layers × Σ tensors (64 tokens × kv_heads/tp × bytes, padded to 256) / 64.
+
+    Without padding this is DESIGN.md's layers × 2 × kv_heads/tp × (head_dim × bits/8 + 4 if int8/int4).
+    """
+    heads = shape.kv_heads / tp
+    block = sum(math.ceil(BLOCK_TOKENS * heads * b / KV_ALIGN_BYTES) * KV_ALIGN_BYTES
+                for b in KV_LAYOUTS[quant_policy].tensor_bytes(shape.head_dim))
+    return shape.layers * block / BLOCK_TOKENS
 
 
 @dataclass(frozen=True)
@@ -191,8 +223,13 @@ SWEEP_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 def sweep(spec: PlanInput, fractions: tuple[float, ...] = SWEEP_FRACTIONS,
-          policies: tuple[int, ...] = (0, 8, 4)) -> list[dict[str, Any]]:
-    """Predicted total memory and token capacity against the fraction, for each KV policy (the planner chart)."""
+          policies: tuple[int, ...] = SWEEP_POLICIES) -> list[dict[str, Any]]:
+    """Predicted total memory and token capacity against the fraction, for each KV policy (the planner chart).
+
+    The spec's own policy is added when it is not among them (fp8, TurboQuant: PyTorch engine only).
+    """
+    if spec.quant_policy not in policies:
+        policies = (*policies, spec.quant_policy)
     rows = []
     for policy in policies:
         for fraction in fractions:

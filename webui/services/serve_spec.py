@@ -11,14 +11,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from webui.services.models import ModelRoots, PathProblem, read_model_info
+from webui.services.models import ModelInfo, ModelRoots, PathProblem, read_model_info
 from webui.settings import is_loopback
 
 BACKENDS = ("turbomind", "pytorch")
 MODEL_FORMATS = ("auto", "hf", "awq", "gptq")
-# label value -> LMDeploy's --quant-policy number
-KV_POLICIES = MappingProxyType({"none": 0, "int8": 8, "int4": 4, "fp8": 16, "fp8_e5m2": 17})
-PYTORCH_ONLY_POLICIES = frozenset({"fp8", "fp8_e5m2"})
+# label value -> LMDeploy's --quant-policy number; the labels are LMDeploy's own names (QuantPolicy).
+KV_POLICIES = MappingProxyType({"none": 0, "int8": 8, "int4": 4, "fp8": 16, "fp8_e5m2": 17, "turbo_quant": 42})
+# Only the PyTorch engine has these: TurbomindEngineConfig refuses fp8, and TurboMind has no TurboQuant kernels
+# (its C++ tests the policy for the int8/int4 bits only, and 42 has the int8 bit set).
+PYTORCH_ONLY_POLICIES = frozenset({"fp8", "fp8_e5m2", "turbo_quant"})
+# TurboQuant (K 4-bit, V 2-bit) rotates K and V with a Hadamard transform, which needs a power-of-two head dim
+# (kernels/cuda/fill_kv_cache.py), and cannot decode several tokens a step (FA3 speculative decoding refuses it).
+HADAMARD_POLICIES = frozenset({"turbo_quant"})
 TOOL_CALL_PARSERS = (
     "internlm", "intern-s1", "interns2-preview", "qwen", "qwen2d5", "qwen3", "qwen3coder", "llama3",
     "glm47", "deepseek-v32", "deepseek-v4", "kimi_k2", "kimi-k2",
@@ -156,6 +161,20 @@ class CheckedSpec:
     model_dir: Path
 
 
+def kv_head_dim(config: Mapping[str, Any]) -> int | None:
+    """The K head dim LMDeploy's PyTorch engine caches (configurations/default.py; MLA models cache
+    kv_lora_rank + qk_rope_head_dim: deepseek_v2.py), or None when config.json does not say."""
+    text = config.get("text_config")
+    if "num_hidden_layers" not in config and isinstance(text, Mapping):
+        config = text
+    try:
+        if config.get("kv_lora_rank"):
+            return int(config["kv_lora_rank"]) + int(config.get("qk_rope_head_dim") or 0)
+        return int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
 def split_extra_args(text: str) -> list[str] | FieldError:
     """Parse the extra-arguments box like a shell would split words (no shell ever runs it)."""
     try:
@@ -237,6 +256,7 @@ def check_spec(
         return errors  # nothing else is worth reading in a value of that size
     resolved = roots.resolve(spec.model_path)
     model_dir: Path | None = None
+    info: ModelInfo | PathProblem | None = None
     if isinstance(resolved, PathProblem):
         errors.append(FieldError("model_path", resolved.key, resolved.params))
     else:
@@ -262,7 +282,12 @@ def check_spec(
         if value not in allowed:
             errors.append(FieldError(name, "errors.choice", {"value": value, "choices": ", ".join(allowed)}))
     if spec.kv_policy in PYTORCH_ONLY_POLICIES and spec.backend != "pytorch":
-        errors.append(FieldError("kv_policy", "errors.fp8_needs_pytorch", {"policy": spec.kv_policy}))
+        errors.append(FieldError("kv_policy", "errors.kv_policy_needs_pytorch", {"policy": spec.kv_policy}))
+    elif spec.kv_policy in HADAMARD_POLICIES:
+        head_dim = kv_head_dim(info.config) if isinstance(info, ModelInfo) else None
+        if head_dim is not None and (head_dim < 4 or head_dim & (head_dim - 1)):
+            errors.append(FieldError("kv_policy", "errors.kv_policy_head_dim",
+                                     {"policy": spec.kv_policy, "head_dim": str(head_dim)}))
     if not 0.0 < float(spec.cache_max_entry_count) < 1.0:
         errors.append(
             FieldError("cache_max_entry_count", "errors.fraction_range", {"value": str(spec.cache_max_entry_count)})
@@ -294,6 +319,8 @@ def check_spec(
     extra = split_extra_args(spec.extra_args)
     if isinstance(extra, FieldError):
         errors.append(extra)
+    elif spec.kv_policy in HADAMARD_POLICIES and any(w.split("=", 1)[0] == "--speculative-algorithm" for w in extra):
+        errors.append(FieldError("kv_policy", "errors.kv_policy_speculative", {"policy": spec.kv_policy}))
     if errors or model_dir is None:
         return errors
     return CheckedSpec(spec=spec, model_dir=model_dir)

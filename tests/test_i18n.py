@@ -12,6 +12,7 @@ from webui.app import build_app
 from webui.i18n.catalog import Catalog
 from webui.services.awq_progress import PHASES as AWQ_PHASES
 from webui.services.chat import ERROR_KINDS, SamplingParams
+from webui.services.compare import CONFIG_SOURCES, CONFIG_STATUSES
 from webui.services.container import Services
 from webui.services.demos import OUTCOMES as DEMO_OUTCOMES
 from webui.services.demos import DemoSpec
@@ -21,6 +22,7 @@ from webui.services.serve import ServerState
 from webui.services.serve_log import HINT_PATTERNS, PHASE_KEYS
 from webui.services.serve_spec import ServerSpec
 from webui.services.tool_loop import PRESETS
+from webui.ui.compare_tab import QUALITY_SOURCES
 from webui.ui.memory_tab import EVENT_KINDS
 
 SOURCES = Path(__file__).resolve().parent.parent / "webui"
@@ -89,6 +91,8 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"demo.outcome.{o}" for o in DEMO_OUTCOMES if o != "ok"}
     used |= {f"demo.page.{r}" for r in ("back_soon", "ended", "unknown")}
     used |= {f"demos.state.{s}" for s in ("live", "back_soon", "expired", "revoked")}
+    used |= {f"compare.status.{s}" for s in CONFIG_STATUSES} | {f"compare.source.{s}" for s in CONFIG_SOURCES}
+    used |= {f"compare.quality.{q}" for q in QUALITY_SOURCES}
     used |= {f"demos.col.{c}" for c in ("state", "server", "title", "guests", "requests", "tokens", "refused")}
     used |= {f"demos.audit.{c}" for c in ("at", "guest", "outcome", "tokens", "ttft", "text")}
     used |= {f"demos.{name}.label" for name in DemoSpec.__dataclass_fields__}

@@ -11,6 +11,7 @@ from webui.i18n.catalog import Catalog
 from webui.services.container import Services
 from webui.settings import is_loopback
 from webui.ui.chat_tab import ChatHandlers, build_chat_tab
+from webui.ui.compare_tab import CompareHandlers, build_compare_tab
 from webui.ui.demos_tab import DemosHandlers, build_demos_tab
 from webui.ui.forms import RAW_INPUTS
 from webui.ui.memory_tab import MemoryHandlers, build_memory_tab
@@ -76,6 +77,8 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
     demos = DemosHandlers(services.demos, services.servers, services.settings.guest_url,
                           services.settings.state_dir / "demos", catalog,
                           share_state=lambda: services.store.get_pref("demo.share", "off"))
+    compare = CompareHandlers(services.compare, services.servers, services.jobs, services.roots,
+                              services.settings.state_dir / "exports", catalog)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
         if not is_loopback(services.settings.host):  # --share publishes the guest app only
@@ -95,38 +98,41 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                 tools_picker = build_tools_tab(tools, targets, i18n)
             with gr.Tab(i18n("tabs.memory"), id="memory") as memory_tab:
                 memory_timer, memory_open = build_memory_tab(memory, i18n)
+            with gr.Tab(i18n("tabs.compare"), id="compare") as compare_tab:
+                compare_ui = build_compare_tab(demo, compare, i18n)
             with gr.Tab(i18n("tabs.demos"), id="demos") as demos_tab:
                 demos_ui = build_demos_tab(demo, demos, i18n)
         # Only the visible tab polls its services.
-        timers = [models_ui.timer, quantize_timer, serve_timer, memory_timer, demos_ui.timer]
+        timers = [models_ui.timer, quantize_timer, serve_timer, memory_timer, demos_ui.timer, compare_ui.timer]
         quiet: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
-        demos_tab.select(_timers(False, False, False, False, True), None, timers, **quiet)
-        models_tab.select(_timers(True, False, False, False, False), None, timers, **quiet)
-        quantize_tab.select(_timers(False, True, False, False, False), None, timers, **quiet)
-        serve_tab.select(_timers(False, False, True, False, False), None, timers, **quiet)
-        memory_tab.select(_timers(False, False, False, True, False), None, timers, **quiet)
+        demos_tab.select(_timers(False, False, False, False, True, False), None, timers, **quiet)
+        compare_tab.select(_timers(False, False, False, False, False, True), None, timers, **quiet)
+        models_tab.select(_timers(True, False, False, False, False, False), None, timers, **quiet)
+        quantize_tab.select(_timers(False, True, False, False, False, False), None, timers, **quiet)
+        serve_tab.select(_timers(False, False, True, False, False, False), None, timers, **quiet)
+        memory_tab.select(_timers(False, False, False, True, False, False), None, timers, **quiet)
         for fn, inputs, outputs in memory_open:
             memory_tab.select(fn, inputs, outputs, **quiet)
-        demo.load(_timers(True, False, False, False, False), None, timers, **quiet)
+        demo.load(_timers(True, False, False, False, False, False), None, timers, **quiet)
         # Chat and Tools poll nothing; opening them lists the READY servers (the active one first).
         for tab, picker in ((chat_tab, chat_picker), (tools_tab, tools_picker)):
-            tab.select(_timers(False, False, False, False, False), None, timers, **quiet)
+            tab.select(_timers(False, False, False, False, False, False), None, timers, **quiet)
             tab.select(targets.refresh_targets, picker.target, [picker.target, picker.url_row], **quiet)
             demo.load(targets.refresh_targets, picker.target, [picker.target, picker.url_row], **quiet)
         serve_this.click(quantize.serve_this, job,
                          [serve_form.model_path, serve_form.model_format, tabs, quantize_message],
-                         api_visibility="private").then(_timers(False, False, True, False, False), None, timers,
+                         api_visibility="private").then(_timers(False, False, True, False, False, False), None, timers,
                                                         **quiet)
         models_ui.serve_this.click(models.serve_this, models_ui.selected,
                                    [serve_form.model_path, serve_form.model_format, tabs, models_ui.message],
                                    api_visibility="private").then(
-            _timers(False, False, True, False, False), None, timers, **quiet)
+            _timers(False, False, True, False, False, False), None, timers, **quiet)
         # A repo id typed in a picker that is not on disk: offer its download (never fetched at Start).
         models_inputs = MODELS_FORM.inputs(models_ui.form)
         for model_picker, get_it in ((serve_form.model_path, serve_get), (quantize_model, quantize_get)):
             model_picker.change(models.offer_download, model_picker, get_it, **quiet)
             get_it.click(models.open_in_models, model_picker, [models_ui.form.repo_id, tabs], **quiet).then(
-                _timers(True, False, False, False, False), None, timers, **quiet).then(
+                _timers(True, False, False, False, False, False), None, timers, **quiet).then(
                 MODELS_FORM.bind(models.list_files), models_inputs, [models_ui.preview, models_ui.files],
                 **quiet, **RAW_INPUTS)
         # Share this chat: the Demos form starts from the Chat tab's server and settings.
@@ -135,10 +141,10 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                               chat_share.max_tokens],
             [demos_ui.form.server_id, demos_ui.form.system_prompt, demos_ui.form.temperature, demos_ui.form.top_p,
              demos_ui.form.max_new_tokens, tabs, demos_ui.message], **quiet).then(
-            _timers(False, False, False, False, True), None, timers, **quiet)
+            _timers(False, False, False, False, True, False), None, timers, **quiet)
         models_ui.quantize_this.click(models.quantize_this, models_ui.selected,
                                       [quantize_model, tabs, models_ui.message],
-                                      api_visibility="private").then(_timers(False, True, False, False, False), None,
-                                                                     timers, **quiet)
+                                      api_visibility="private").then(
+            _timers(False, True, False, False, False, False), None, timers, **quiet)
     launch_kwargs: dict[str, Any] = {"i18n": i18n, "css": CSS, "theme": gr.themes.Soft()}
     return demo, launch_kwargs

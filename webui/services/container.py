@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 
 from webui.services.chat import ChatService
+from webui.services.compare import CompareManager
 from webui.services.demos import DemoManager
 from webui.services.downloads import DownloadArgv, DownloadManager
 from webui.services.gpu import GpuProbe, GpuSampler
@@ -37,6 +38,7 @@ class Services:
     chat: ChatService
     tool_loop: ToolLoop
     memory: MemoryService
+    compare: CompareManager
     _closed: bool = field(default=False, init=False, repr=False)
 
     @classmethod
@@ -68,8 +70,11 @@ class Services:
         sampler.start()
         memory = MemoryService(sampler, store, supervisor, roots)
         demos = DemoManager(store, secrets, servers, chat)
+        # The load worker is the console's own code: it runs with the console's interpreter, not LMDeploy's.
+        compare = CompareManager(store, supervisor, servers, sampler, roots, settings.jobs_dir,
+                                 owners_of=memory.owners_of)
         return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, downloads, demos, chat,
-                   ToolLoop(chat), memory)
+                   ToolLoop(chat), memory, compare)
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""
@@ -78,6 +83,7 @@ class Services:
         self._closed = True
         keep = self.settings.keep_servers if keep_servers is None else keep_servers
         self.chat.close()
+        self.compare.shutdown()
         self.jobs.shutdown()
         self.downloads.shutdown()
         self.servers.shutdown(keep_running=keep)

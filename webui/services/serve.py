@@ -460,7 +460,9 @@ class ServerManager:
         if not record.owned:
             if state == ServerState.STOPPING or now - self._last_check.get(record.id, -1e9) >= ATTACHED_RECHECK_S:
                 self._last_check[record.id] = now
-                self._apply(record, ServerFacts(alive=True, health=_health(record.base_url)))
+                keys = self._keys(record.id)
+                self._apply(record, ServerFacts(alive=True, health=_reachable(record.base_url,
+                                                                              keys[0] if keys else "")))
             return
         facts = observe_process(self._supervisor, self._handle(record))
         if not facts.alive:
@@ -733,6 +735,18 @@ def _health(base_url: str) -> int | None:
     """HTTP status of GET /health (200 ready, 503 initializing), or None when nothing answers."""
     try:
         return _request(base_url, "/health", timeout=1.0)[0]
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def _reachable(base_url: str, api_key: str) -> int | None:
+    """An attached server's readiness: its /health, or where it has none (llama.cpp's server answers 404)
+    whether /v1/models answers with the key."""
+    status = _health(base_url)
+    if status != 404:
+        return status
+    try:
+        return _request(base_url, "/v1/models", api_key, timeout=2.0)[0]
     except (OSError, http.client.HTTPException):
         return None
 

@@ -359,24 +359,28 @@ class CompareManager:
         timings: dict[str, float] = {}
         try:
             if not server_id:
+                t = time.monotonic()
                 server_id, problem = self._start(compare_id, index, config, cancel)
+                timings["start_s"] = round(time.monotonic() - t, 3)  # to READY, or to its failure
                 started = True
                 if problem is not None:
                     self._update_config(compare_id, index, status="failed", error=problem, server_id=server_id)
                     return
             elif server_id in slept:
+                t = time.monotonic()
                 self._wake(server_id)
+                timings["wake_s"] = round(time.monotonic() - t, 3)
             snap = self._servers.get(server_id)
             if snap is None or snap.state != ServerState.READY.value:
                 self._update_config(compare_id, index, status="failed",
                                     error={"key": "compare.err.not_ready", "params": {"server": server_id}})
                 return
-            timings["ready_s"] = round((snap.ready_at or began) - (snap.started_at or began), 3) if started else 0.0
+            ready_s = round((snap.ready_at or began) - (snap.started_at or began), 3) if started else 0.0
             key = self._servers.api_key(server_id)
             blocks = snap.gpu_blocks
             self._update_config(compare_id, index, status="warming", server_id=server_id, model_id=snap.model_id,
                                 gpu_blocks=blocks, kv_tokens=blocks * BLOCK_TOKENS if blocks else None,
-                                command=snap.command, ready_s=timings["ready_s"])
+                                command=snap.command, ready_s=ready_s)
             t = time.monotonic()
             answers = self._answers(snap.base_url, snap.model_id, key, prompts, request, cancel)
             timings["answers_s"] = round(time.monotonic() - t, 3)
@@ -409,7 +413,9 @@ class CompareManager:
                 self._stop(server_id)
                 timings["stop_s"] = round(time.monotonic() - t, 3)
             elif server_id and server_id in slept:
+                t = time.monotonic()
                 self._sleep(server_id)
+                timings["sleep_s"] = round(time.monotonic() - t, 3)
             timings["total_s"] = round(time.time() - began, 3)
             self._update_config(compare_id, index, timings=timings, ended_at=time.time())
 

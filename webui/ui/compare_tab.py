@@ -31,7 +31,7 @@ from webui.services.job_states import JobState, is_live_job
 from webui.services.models import ModelRoots
 from webui.services.quantize import JobManager
 from webui.services.serve import ServerManager
-from webui.services.serve_spec import BACKENDS, KV_POLICIES, FieldError
+from webui.services.serve_spec import BACKENDS, KV_POLICIES, FieldError, ServerSpec
 from webui.services.server_states import ServerState
 from webui.ui import forms
 from webui.ui.common import format_errors, gib, locale_of, model_choices, picked_row
@@ -156,10 +156,7 @@ class CompareHandlers:
             return gr.skip(), self.catalog.text("compare.msg.pick_model", locale)
         current = _loads(configs)
         grid = usual_grid(model_path, awq_path or "", backend or "pytorch", float(fraction or 0.4))
-        entries = [{"label": c.label, **(c.spec.to_json_dict() if c.spec else {})} for c in grid]
-        for entry in entries:
-            entry.pop("api_keys", None)
-            entry.pop("port", None)
+        entries = [{"label": c.label, **_compact(c.spec)} for c in grid if c.spec]
         merged = (current + entries)[:8]
         message = self.catalog.text("compare.msg.grid_added", locale, count=len(entries))
         if not awq_path:
@@ -467,6 +464,15 @@ class CompareHandlers:
         return (model_choices(self.roots, model), self.server_choices(server), *self.refresh(compare_id, request))
 
 
+def _compact(spec: ServerSpec) -> dict[str, Any]:
+    """A spec as the list shows it: the model, backend and KV settings always, other options only when set (the
+    port is chosen when the configuration starts)."""
+    defaults = ServerSpec(model_path="").to_json_dict()
+    always = ("model_path", "backend", "kv_policy", "cache_max_entry_count")
+    return {k: v for k, v in spec.to_json_dict().items()
+            if k != "port" and (k in always or v != defaults.get(k))}
+
+
 def _loads(text: str) -> list[dict[str, Any]]:
     try:
         data = json.loads(text or "[]")
@@ -540,7 +546,7 @@ def build_compare_tab(demo: gr.Blocks, handlers: CompareHandlers, i18n: gr.I18n)
                     server = gr.Dropdown(label=i18n("compare.server.label"), choices=[], scale=3,
                                          elem_id="compare-server")
                     add_server = gr.Button(i18n("compare.add_server_button"), scale=1, elem_id="compare-add-server")
-            configs = gr.Code(v.configs, language="json", label=i18n("compare.configs.label"), lines=8,
+            configs = gr.Code(v.configs, language="json", label=i18n("compare.configs.label"), lines=6, max_lines=18,
                               interactive=True, elem_id="compare-configs")
             with gr.Row():
                 clear = gr.Button(i18n("compare.clear_button"), size="sm", elem_id="compare-clear")

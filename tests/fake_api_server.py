@@ -130,6 +130,9 @@ def main() -> None:
             auth = self.headers.get("Authorization", "")
             if keys and auth.removeprefix("Bearer ") not in keys:
                 self._send(401, RECORD["models_401"])
+            elif self.path.startswith(("/sleep", "/wakeup")) and not self.headers.get(
+                    "Content-Type", "").startswith("application/json"):  # LMDeploy's validate_json_request
+                self._send(422, {"detail": ["Unsupported Media Type: Only 'application/json' is allowed"]})
             elif self.path.startswith("/sleep"):
                 state["sleeping"] = True
                 self._send_text(200, "OK")
@@ -141,6 +144,9 @@ def main() -> None:
                 if not text:
                     self._send(400, {"message": "Input must not be empty.", "type": "invalid_request_error",
                                      "code": 400, "param": None, "object": "error"})
+                elif len(text) > 4000:  # LMDeploy's answer to an input longer than the session
+                    self._send(400, {"message": "async_get_ppl failed to compute ce_loss.",
+                                     "type": "invalid_request_error", "code": 400, "param": None, "object": "error"})
                 else:  # a stand-in value: lower-bit KV reads a little worse, like the real engine
                     self._send(200, {"ppl": 2.0 + 0.002 * args.quant_policy + (len(text) % 97) / 10000})
             elif self.path != "/v1/chat/completions":
@@ -148,7 +154,8 @@ def main() -> None:
             elif body.get("model") != model_id:
                 self._send(404, {**RECORD["bad_model"], "message": f"The model '{body.get('model')}' does not exist."})
             elif state["sleeping"]:
-                self._send(503, {"message": "The engine is sleeping.", "type": "service_unavailable",
+                self._send(503, {"message": "Engine is sleeping; call POST /wakeup before inference "
+                                            "(e.g. tags=weights&tags=kv_cache).", "type": "service_unavailable",
                                  "code": 503, "param": None, "object": "error"})
             elif body.get("tools") and not args.tool_call_parser:
                 self._send(400, RECORD["tools"])

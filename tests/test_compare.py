@@ -24,6 +24,7 @@ from webui.services.compare import (
     deltas,
     parse_kv_usage,
     result_csv,
+    text_chunks,
     usual_grid,
 )
 from webui.services.container import Services
@@ -32,6 +33,7 @@ from webui.services.lifecycle import handle_of
 from webui.services.load import LevelSpec, RequestRecord, percentile, read_records, summarize
 from webui.services.serve_spec import ServerSpec, suggest_port
 from webui.services.server_states import ServerState
+from webui.services.workload import quality_text
 from webui.settings import Settings
 
 ENDED = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value}
@@ -90,6 +92,7 @@ def test_two_configurations_measured_and_their_servers_stopped(compare_services:
             assert level["output_tps"] > 0 and level["tokens_from_usage"]
         assert c["perplexity"]["available"] and c["perplexity"]["perplexity"] == pytest.approx(
             math.exp(c["perplexity"]["nats"]))
+        assert c["perplexity"]["pieces"] >= 9  # the stand-in, like LMDeploy, refuses a piece over its session
         assert len(c["answers"]) == 2 and all(c["answers"])
         assert c["peak_kv_usage"] is not None
         assert c["kv_tokens"] == c["gpu_blocks"] * 64
@@ -278,6 +281,14 @@ def test_two_llama_cpp_configurations(chat_server, bare_settings: Settings, tmp_
 
 
 # --- pure pieces --------------------------------------------------------------------------------------------
+def test_the_quality_text_goes_in_pieces_under_the_session_length():
+    text = quality_text("sample")
+    pieces = text_chunks(text)
+    assert "".join(pieces) == text and max(len(p) for p in pieces) <= 1010 and len(pieces) >= 9
+    assert text_chunks("a" * 2500, 1000) == ["a" * 1000, "a" * 1000, "a" * 500]
+    assert text_chunks("One. Two.\n\nThree.", 6) == ["One.", " Two.\n\n", "Three."]
+
+
 def test_kv_usage_from_metrics_text():
     text = ('# TYPE lmdeploy:gpu_cache_usage_perc gauge\n'
             'lmdeploy:gpu_cache_usage_perc{engine="0",model_name="m"} 0.125\n'

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -55,6 +56,7 @@ MAX_REQUESTS = 5000
 MAX_NEW_TOKENS = 32768
 MAX_ANSWERS = 5
 MAX_QUALITY_CHARS = 16000
+PPL_CHUNK_CHARS = 1000  # a piece a request; ~3,000 tokens even where each character is 3 byte tokens
 READY_TIMEOUT_S = 20 * 60.0
 LEVEL_TIMEOUT_S = 30 * 60.0
 STOP_TIMEOUT_S = 60.0
@@ -706,7 +708,8 @@ def post_control(base_url: str, key: str, path: str) -> bool:
     """POST a control endpoint (`/sleep`, `/wakeup`); False where the server has none or refuses."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        return httpx.post(base_url + path, headers=headers, timeout=30.0).status_code == 200
+        # LMDeploy refuses these routes (422) unless the request says it is JSON, even with no fields
+        return httpx.post(base_url + path, json={}, headers=headers, timeout=30.0).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -733,22 +736,57 @@ def parse_kv_usage(text: str) -> float | None:
     return max(values) if values else None
 
 
+def text_chunks(text: str, size: int = PPL_CHUNK_CHARS) -> list[str]:
+    """The text in pieces of at most `size` characters, cut at paragraph ends, else at sentence ends, else hard."""
+    chunks: list[str] = []
+    current = ""
+    for piece in re.split(r"(?<=\n\n)|(?<=[.!?。！？])", text):
+        while len(piece) > size:
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(piece[:size])
+            piece = piece[size:]
+        if len(current) + len(piece) > size and current and piece.strip():  # blank lines stay where they are
+            chunks.append(current)
+            current = ""
+        current += piece
+    if current.strip():
+        chunks.append(current)
+    return [c for c in chunks if c.strip()]
+
+
 def get_ppl(base_url: str, key: str, text: str) -> dict[str, Any]:
-    """`POST /get_ppl` → {"ppl": mean cross-entropy in nats}; shown as exp(), "not available" without it."""
+    """Perplexity through `POST /get_ppl`, which returns a piece's mean cross-entropy in nats.
+
+    The text goes in pieces: a piece longer than the server's session length comes back as an error. The
+    pieces' values are averaged weighted by their length and shown as exp(); "not available" without the route.
+    """
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        resp = httpx.post(base_url + "/get_ppl", json={"input": text}, headers=headers, timeout=300.0)
-    except httpx.HTTPError as exc:
-        return {"available": False, "reason": "error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
-    if resp.status_code in (404, 405, 501):
-        return {"available": False, "reason": "no_endpoint"}
-    try:
-        nats = float(resp.json()["ppl"])
-    except (ValueError, KeyError, TypeError):
-        return {"available": False, "reason": "error", "detail": f"HTTP {resp.status_code}: {resp.text[:200]}"}
-    if resp.status_code != 200 or not math.isfinite(nats):
-        return {"available": False, "reason": "error", "detail": f"HTTP {resp.status_code}: {resp.text[:200]}"}
-    return {"available": True, "nats": nats, "perplexity": math.exp(min(nats, 700.0)), "chars": len(text)}
+    weighted, chars = 0.0, 0
+    pieces = text_chunks(text)
+    with httpx.Client(timeout=300.0, headers=headers) as client:
+        for piece in pieces:
+            try:
+                resp = client.post(base_url + "/get_ppl", json={"input": piece})
+            except httpx.HTTPError as exc:
+                return {"available": False, "reason": "error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+            if resp.status_code in (404, 405, 501):
+                return {"available": False, "reason": "no_endpoint"}
+            try:
+                nats = float(resp.json()["ppl"])
+            except (ValueError, KeyError, TypeError):
+                nats = math.nan
+            if resp.status_code != 200 or not math.isfinite(nats):
+                return {"available": False, "reason": "error",
+                        "detail": f"HTTP {resp.status_code}: {resp.text[:200]}"}
+            weighted += nats * len(piece)
+            chars += len(piece)
+    if not chars:
+        return {"available": False, "reason": "no_text"}
+    nats = weighted / chars
+    return {"available": True, "nats": nats, "perplexity": math.exp(min(nats, 700.0)), "chars": chars,
+            "pieces": len(pieces)}
 
 
 def _top_level(config: dict[str, Any]) -> dict[str, Any] | None:

@@ -81,9 +81,11 @@ async def one_request(client: httpx.AsyncClient, spec: LevelSpec, index: int, t0
     except (httpx.HTTPError, OSError) as exc:
         return RequestRecord(index, start, time.monotonic() - t0, error=f"{type(exc).__name__}: {exc}"[:300])
     end = time.monotonic() - t0
-    if ttft is None:
-        return RequestRecord(index, start, end, error="no content in the reply")
     completion = usage.get("completion_tokens")
+    if ttft is None and not completion:
+        return RequestRecord(index, start, end, error="no content in the reply")
+    # tokens that decode to no text yet (a random model's half UTF-8 characters) stream nothing: the reply
+    # still counts, by the server's usage, without a first-token time
     return RequestRecord(index, start, end, ttft=ttft, last_token=last,
                          output_tokens=int(completion) if completion else chunks,
                          prompt_tokens=int(usage.get("prompt_tokens") or 0), tokens_from_usage=bool(completion))

@@ -260,14 +260,24 @@ class CompareHandlers:
 
     # showing ------------------------------------------------------------------------------------------------
     def refresh(self, compare_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """The timer's view: it keeps the page's pick (a tick sent before a run started must not select the
+        previous comparison again), and picks the newest only when there is none yet."""
+        return self._view(compare_id, request, keep=True)
+
+    def select(self, compare_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Show this comparison (the newest when unknown) and select it in the dropdown."""
+        return self._view(compare_id, request, keep=False)
+
+    def _view(self, compare_id: str | None, request: gr.Request, keep: bool) -> tuple[Any, ...]:
         snaps = self.compare.snapshots()
         ids = [s.id for s in snaps]
-        if compare_id not in ids:
+        known = compare_id in ids
+        if not known:
             compare_id = ids[0] if ids else None
         choices = [(f"{s.id} · {self.catalog.text(f'quantize.state.{s.state}', locale_of(request))}", s.id)
                    for s in snaps]
-        return (self.history(snaps, request), gr.Dropdown(choices=choices, value=compare_id),
-                *self.show(compare_id, request))
+        picker = gr.Dropdown(choices=choices) if keep and known else gr.Dropdown(choices=choices, value=compare_id)
+        return (self.history(snaps, request), picker, *self.show(compare_id, request))
 
     def history(self, snaps: list[CompareSnapshot], request: gr.Request) -> pd.DataFrame:
         locale = locale_of(request)
@@ -620,7 +630,7 @@ def build_compare_tab(demo: gr.Blocks, handlers: CompareHandlers, i18n: gr.I18n)
     configs.change(handlers.preview, configs, [preview, preview_message], **quiet)
     started = run.click(COMPARE_FORM.bind(handlers.submit_compare), inputs, [message, touched],
                         api_name="submit_compare", **forms.RAW_INPUTS)
-    started.then(handlers.refresh, touched, [history, selected, *shown], **quiet)
+    started.then(handlers.select, touched, [history, selected, *shown], **quiet)
     cancel.click(handlers.cancel_compare, selected, cancel_message, api_name="cancel_compare")
     history.select(handlers.pick_from_table, history, selected, api_visibility="private")
     selected.change(handlers.show, selected, shown, **quiet)

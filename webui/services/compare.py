@@ -241,6 +241,8 @@ class CompareManager:
     # actions -----------------------------------------------------------------------------------------
     def submit(self, request: CompareRequest) -> CompareSnapshot | list[FieldError]:
         """Check everything, then start the run at once; nothing is started or stored when a field is wrong."""
+        if self.running() is not None:  # first: the rest would be checked against a GPU another run is using
+            return [field_error("configs", "compare.err.busy", {})]
         errors = check_request(request) + self._check_configs(request)
         prompts = self._prompts(request, errors)
         if request.quality != "none" and isinstance(problem := quality_text(request.quality), FieldError):
@@ -425,8 +427,10 @@ class CompareManager:
                cancel: threading.Event) -> tuple[str, dict[str, Any] | None]:
         """Start the configuration's server on a free port and wait for READY (or its failure)."""
         assert config.spec is not None
-        spec = replace(config.spec, port=self._servers.suggest_port())
-        outcome = self._servers.start(spec)
+        for _attempt in range(3):  # another program may take the free port between the choice and the start
+            outcome = self._servers.start(replace(config.spec, port=self._servers.suggest_port()))
+            if outcome.server is not None or any(e.field != "port" for e in outcome.errors):
+                break
         if outcome.server is None:
             error = outcome.errors[0]
             return "", {"key": error.key, "params": {**error.params, "field": error.field}}
@@ -456,8 +460,8 @@ class CompareManager:
         chosen = pick(prompts, request.requests_per_level, request.seed + level_index)
         spec = LevelSpec(base_url=base_url, model=model, requests=tuple(tuple(p.as_messages()) for p in chosen),
                          concurrency=concurrency, max_tokens=request.max_new_tokens, temperature=0.0,
-                         seed=request.seed, ignore_eos=request.ignore_eos, warmup=WARMUP_REQUESTS if level_index == 0
-                         else 0, timeout_s=LEVEL_TIMEOUT_S)
+                         seed=request.seed, ignore_eos=request.ignore_eos,
+                         warmup=min(max(concurrency, WARMUP_REQUESTS), len(chosen)), timeout_s=LEVEL_TIMEOUT_S)
         folder = self._folder(compare_id)
         spec_path = folder / f"level-{index + 1}-{concurrency}.json"
         out_path = folder / f"level-{index + 1}-{concurrency}.jsonl"
@@ -521,7 +525,8 @@ class CompareManager:
 
     def _peak_memory(self, server_id: str, since: float) -> dict[str, Any]:
         """The highest GPU memory the console's sampler saw while this configuration ran, device and server."""
-        samples = [s for s in self._sampler.history(time.time() - since + 1.0) if s.t >= since - 0.5]
+        # only readings taken after this configuration began: one from before is the previous server's memory
+        samples = [s for s in self._sampler.history(time.time() - since + 1.0) if s.t >= since]
         if not samples:
             return {"peak_gpu_bytes": None, "peak_server_bytes": None}
         pids = set(self._owners_of(server_id))
@@ -613,7 +618,7 @@ class CompareManager:
         current = None
         for i, c in enumerate(configs):
             status = c.get("status")
-            if status in ("done", "failed", "cancelled"):
+            if status in ("done", "failed"):  # a cancelled run's bar stops where the run stopped
                 done += 1
             elif status in ("starting", "warming", "measuring"):
                 current = i
@@ -668,8 +673,9 @@ class CompareManager:
             if config.spec.kv_policy in PYTORCH_ONLY_POLICIES and config.spec.backend != "pytorch":
                 pass  # the ServerManager's check names it
             checked = self._servers.check(replace(config.spec, port=self._servers.suggest_port()))
-            if isinstance(checked, list):
-                errors.extend(field_error("configs", e.key, {**e.params, **where, "field": e.field}) for e in checked)
+            if isinstance(checked, list):  # the port is chosen when the configuration starts, not here
+                errors.extend(field_error("configs", e.key, {**e.params, **where, "field": e.field}) for e in checked
+                              if e.field != "port")
         return errors
 
     def _prompts(self, request: CompareRequest, errors: list[FieldError]) -> list[Prompt]:
@@ -789,6 +795,13 @@ def get_ppl(base_url: str, key: str, text: str) -> dict[str, Any]:
             "pieces": len(pieces)}
 
 
+def _memory_pair(config: dict[str, Any], base: dict[str, Any]) -> tuple[float | None, float | None]:
+    """What each configuration's own server held at its peak where both are known, else the whole GPU's use."""
+    if config.get("peak_server_bytes") and base.get("peak_server_bytes"):
+        return config["peak_server_bytes"], base["peak_server_bytes"]
+    return config.get("peak_gpu_bytes"), base.get("peak_gpu_bytes")
+
+
 def _top_level(config: dict[str, Any]) -> dict[str, Any] | None:
     levels = [lv for lv in config.get("levels") or [] if lv.get("output_tps")]
     return max(levels, key=lambda lv: lv["concurrency"]) if levels else None
@@ -819,7 +832,7 @@ def deltas(configs: list[dict[str, Any]], baseline: int) -> list[dict[str, Any]]
         out.append({
             "index": config.get("index"),
             "kv_tokens_ratio": round(tokens / base_tokens, 3) if tokens and base_tokens else None,
-            "peak_gpu_pct": _pct(config.get("peak_gpu_bytes"), base.get("peak_gpu_bytes")),
+            "peak_gpu_pct": _pct(*_memory_pair(config, base)),
             "perplexity_pct": _pct(ppl, base_ppl),
             "concurrency": base_top["concurrency"] if base_top else None,
             "output_tps_pct": _pct(same_level.get("output_tps") if same_level else None,

@@ -32,7 +32,7 @@ class LevelSpec:
     temperature: float = 0.0
     seed: int | None = 0
     ignore_eos: bool = False  # LMDeploy's extension: every reply runs to max_tokens, so configurations compare
-    warmup: int = 0  # requests sent (one at a time) before the measured ones, not recorded
+    warmup: int = 0  # requests sent at the level's concurrency before the measured ones, not recorded
     timeout_s: float = 300.0
 
     def to_json(self) -> str:

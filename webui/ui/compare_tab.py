@@ -381,8 +381,8 @@ class CompareHandlers:
             kv_tokens = config.get("kv_tokens")
             row = [mark + str(config.get("label")), t(f"compare.status.{config.get('status', 'pending')}", locale),
                    config.get("gpu_blocks") or "", (f"{kv_tokens:,}" + _ratio(d.get("kv_tokens_ratio")))
-                   if kv_tokens else "", (gib(config["peak_gpu_bytes"]) + _delta(d.get("peak_gpu_pct")))
-                   if config.get("peak_gpu_bytes") else t("compare.na", locale),
+                   if kv_tokens else "", (gib(_held(config)) + _delta(d.get("peak_gpu_pct")))
+                   if _held(config) else t("compare.na", locale),
                    f"{config['peak_kv_usage'] * 100:.1f}%" if config.get("peak_kv_usage") is not None
                    else t("compare.na", locale), ppl_text]
             by_level = {lv["concurrency"]: lv for lv in config.get("levels") or []}
@@ -406,7 +406,8 @@ class CompareHandlers:
         if not fig.data:
             return None
         fig.update_layout(title=t("compare.chart.throughput", locale), height=360, margin={"t": 40, "b": 40},
-                          xaxis_title=t("compare.chart.concurrency", locale), xaxis_type="log",
+                          xaxis_title=t("compare.chart.concurrency", locale),
+                          xaxis_type="log" if len(snap.request.get("concurrency") or []) > 1 else "linear",
                           yaxis_title=t("compare.chart.tps", locale))
         return fig
 
@@ -416,18 +417,18 @@ class CompareHandlers:
         xs, ys, colours, names = [], [], [], []
         for config in snap.configs:
             levels = [lv for lv in config.get("levels") or [] if lv.get("output_tps")]
-            memory = config.get("peak_gpu_bytes") or config.get("kv_tokens")
+            memory = _held(config) or config.get("kv_tokens")
             if not levels or not memory:
                 continue
             top = max(levels, key=lambda lv: lv["concurrency"])
-            xs.append(memory / 2**30 if config.get("peak_gpu_bytes") else memory)
+            xs.append(memory / 2**30 if _held(config) else memory)
             ys.append(top["output_tps"])
             ppl = (config.get("perplexity") or {}).get("perplexity")
             colours.append(ppl if ppl is not None else math.nan)
             names.append(str(config.get("label")))
         if not xs:
             return None
-        by_memory = any(c.get("peak_gpu_bytes") for c in snap.configs)
+        by_memory = any(_held(c) for c in snap.configs)
         marker: dict[str, Any] = {"size": 14}
         if not all(math.isnan(c) for c in colours):
             marker.update(color=colours, colorscale="Viridis", showscale=True,
@@ -472,6 +473,11 @@ class CompareHandlers:
     def load_page(self, model: str | None, server: str | None, compare_id: str | None,
                   request: gr.Request) -> tuple[Any, ...]:
         return (model_choices(self.roots, model), self.server_choices(server), *self.refresh(compare_id, request))
+
+
+def _held(config: dict[str, Any]) -> int | None:
+    """The configuration's peak memory: its own server's processes where NVML names them, else the whole GPU."""
+    return config.get("peak_server_bytes") or config.get("peak_gpu_bytes")
 
 
 def _compact(spec: ServerSpec) -> dict[str, Any]:

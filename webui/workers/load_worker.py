@@ -98,9 +98,15 @@ async def run_level(spec: LevelSpec, out: TextIO | None = None, api_key: str = "
     timeout = httpx.Timeout(spec.timeout_s, connect=10.0)
     records: list[RequestRecord] = []
     async with httpx.AsyncClient(base_url=spec.base_url, headers=headers, limits=limits, timeout=timeout) as client:
-        for i in range(min(spec.warmup, len(spec.requests))):
-            await one_request(client, spec, i, time.monotonic())
         gate = asyncio.Semaphore(spec.concurrency)
+
+        async def warm(index: int) -> None:
+            async with gate:
+                await one_request(client, spec, index, time.monotonic())
+
+        # at the level's own concurrency: a batch shape the engine has not run yet (kernels compiled, graphs
+        # captured on first use) would otherwise be timed in the first measured wave
+        await asyncio.gather(*(warm(i % len(spec.requests)) for i in range(spec.warmup if spec.requests else 0)))
         t0 = time.monotonic()
 
         async def send(index: int) -> None:

@@ -197,11 +197,14 @@ def extras(services: Services, model: Path, checks: Checks) -> dict[str, Any]:
     snap = services.compare.submit(request)
     assert not isinstance(snap, list), snap
     asleep_during = None
+    planned: dict[str, Any] = {}
     while (current := services.compare.get(snap.id)).state not in ENDED:
         if len(current.configs) > 1 and current.configs[1].get("status") == "measuring" and asleep_during is None:
             import httpx
 
             asleep_during = httpx.get(server.base_url + "/is_sleeping", timeout=5).json().get("is_sleeping")
+            # the planner as the engine saw the GPU at its start: the reused server asleep, nothing else
+            planned = services.memory.compare_server(current.configs[1]["server_id"])
         time.sleep(0.2)
     result = services.compare.result(snap.id) or {}
     rows = result.get("configs", [])
@@ -212,7 +215,6 @@ def extras(services: Services, model: Path, checks: Checks) -> dict[str, Any]:
                chat_status(server.base_url, server.model_id) == 200, f"asleep during: {asleep_during}")
     if len(rows) == 2 and rows[1].get("server_id"):
         turbo_id = rows[1]["server_id"]
-        planned = services.memory.compare_server(turbo_id)
         error = (planned.get("error_percent") or {}).get("blocks")
         checks.add("policy 42: the planner's blocks against the engine's", error is not None and abs(error) < 2.0,
                    f"engine {rows[1].get('gpu_blocks'):,}, predicted {planned['predicted']['blocks']:,} "

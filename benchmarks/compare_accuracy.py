@@ -46,7 +46,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -206,13 +205,9 @@ def served_model(base_url: str, key: str) -> str:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    from tests.conftest import stop_group  # the tests' own stop of a child's group
+
+    stop_group(proc)
 
 
 EVAL_LINE = re.compile(r"^llama_perf_context_print: +eval time = .*\( *([\d.]+) ms per token", re.M)

@@ -35,7 +35,7 @@ from webui.services.serve_spec import ServerSpec  # noqa: E402
 from webui.settings import Settings  # noqa: E402
 
 MIB = 1 << 20
-ENDED = {"SUCCEEDED", "FAILED", "CANCELLED"}
+ENDED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 GRID_GOAL_S = 600.0
 OVERHEAD_GOAL = 0.05
 ENGINE_KEYS = ("start_s", "wake_s", "answers_s", "ppl_s", "stop_s", "sleep_s")

@@ -139,8 +139,16 @@ def main() -> None:
             elif self.path == "/wakeup":
                 state["sleeping"] = False
                 self._send_text(200, "OK")
+            elif self.path == "/v1/encode":  # stand-in ids: a token per 3 bytes of UTF-8 (plus BOS)
+                pieces = body.get("input")
+                ids = [list(range(len(p.encode()) // 3 + 1)) for p in
+                       (pieces if isinstance(pieces, list) else [pieces or ""])]
+                self._send(200, {"input_ids": ids if isinstance(pieces, list) else ids[0],
+                                 "length": [len(i) for i in ids] if isinstance(pieces, list) else len(ids[0])})
             elif self.path == "/get_ppl":
                 text = body.get("input") or ""
+                if isinstance(text, list):  # token ids, as LMDeploy takes them too
+                    text = "x" * (3 * len(text))
                 if not text:
                     self._send(400, {"message": "Input must not be empty.", "type": "invalid_request_error",
                                      "code": 400, "param": None, "object": "error"})

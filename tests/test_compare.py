@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from tests.conftest import MODEL_NAME, fake_argv_factory, smollm2_gguf
 from webui.services.compare import (
     CompareConfig,
+    CompareManager,
     CompareRequest,
     deltas,
     parse_kv_usage,
@@ -93,6 +95,7 @@ def test_two_configurations_measured_and_their_servers_stopped(compare_services:
         assert c["perplexity"]["available"] and c["perplexity"]["perplexity"] == pytest.approx(
             math.exp(c["perplexity"]["nats"]))
         assert c["perplexity"]["pieces"] >= 9  # the stand-in, like LMDeploy, refuses a piece over its session
+        assert c["perplexity"]["weighted_by"] == "tokens" and c["perplexity"]["tokens"] > 1000  # via /v1/encode
         assert len(c["answers"]) == 2 and all(c["answers"])
         assert c["peak_kv_usage"] is not None
         assert c["kv_tokens"] == c["gpu_blocks"] * 64
@@ -183,6 +186,40 @@ def test_a_run_continues_after_a_console_restart(settings: Settings):
         second.close()
 
 
+def test_a_cancel_while_a_server_starts_stops_that_server(settings: Settings):
+    services = Services.build(settings, argv_factory=fake_argv_factory("--phase-delay", "1.0"))
+    try:
+        request = CompareRequest(configs=(config(settings, "none"), config(settings, "int8")), concurrency=(1,),
+                                 requests_per_level=2, answers=0, quality="none")
+        snap = services.compare.submit(request)
+        row = wait_until(lambda: (c := services.compare.get(snap.id).configs[0]).get("server_id") and c, 30,
+                         "the first server to start")
+        assert services.servers.get(row["server_id"]).state == ServerState.STARTING.value
+        services.compare.cancel(snap.id)
+        assert services.compare.wait_for(snap.id, ENDED, 60).state == JobState.CANCELLED.value
+        wait_until(lambda: services.servers.get(row["server_id"]).state == ServerState.STOPPED.value, 30,
+                   "the half-started server to stop")
+        assert [s.state for s in services.servers.snapshots()] == [ServerState.STOPPED.value]
+    finally:
+        services.close()
+
+
+def test_kept_servers_sleep_while_the_next_runs(compare_services: Services, settings: Settings):
+    request = CompareRequest(configs=(config(settings, "none"), config(settings, "int8")), concurrency=(1,),
+                             requests_per_level=150, max_new_tokens=16, answers=0, quality="none",
+                             keep_servers=True)
+    snap = compare_services.compare.submit(request)
+    wait_until(lambda: compare_services.compare.get(snap.id).configs[1].get("status") == "measuring", 60,
+               "the second configuration")
+    first = compare_services.servers.get(compare_services.compare.get(snap.id).configs[0]["server_id"])
+    assert is_sleeping(first.base_url)
+    done = compare_services.compare.wait_for(snap.id, ENDED, 120)
+    assert done.state == JobState.SUCCEEDED.value
+    for c in done.configs:  # kept, and awake again
+        server = compare_services.servers.get(c["server_id"])
+        assert server.state == ServerState.READY.value and not is_sleeping(server.base_url)
+
+
 # --- refusals: nothing started, nothing stored ------------------------------------------------------------
 def test_bad_requests_are_refused_with_the_field_named(compare_services: Services, settings: Settings,
                                                        tmp_path: Path):
@@ -209,7 +246,24 @@ def test_bad_requests_are_refused_with_the_field_named(compare_services: Service
     assert errors[0].field == "configs" and errors[0].params["config"] == "2"
     missing = CompareRequest(configs=(config(settings), CompareConfig(server_id="nope")))
     assert compare.submit(missing)[0].key == "compare.err.not_ready"
+    exposed = CompareRequest(configs=(config(settings), CompareConfig(spec=replace(
+        spec(settings), host="0.0.0.0", api_keys=("sk-secret",)))))
+    assert [e.key for e in compare.submit(exposed)] == ["compare.err.config_exposed"]
+    unsorted = CompareRequest(configs=(config(settings), config(settings, "int8")), concurrency=(8, 1, 1))
+    assert "compare.err.levels_order" in [e.key for e in compare.submit(unsorted)]
+    for bad in ({"model_path": "/m", "tp": "2"}, {"model_path": "/m", "extra_args": ["--x"]},
+                {"model_path": 5}, {"model_path": "/m", "no_such_option": 1}):
+        with pytest.raises(ValueError):
+            CompareConfig.from_json_dict(bad)
     assert compare.snapshots() == [] and compare_services.servers.snapshots() == []
+
+
+def test_refused_while_a_quantization_job_holds_the_gpu(compare_services: Services, settings: Settings):
+    services = compare_services
+    busy = CompareManager(services.store, services.supervisor, services.servers, services.memory.sampler,
+                          services.roots, settings.jobs_dir, gpu_busy=lambda: True)
+    errors = busy.submit(CompareRequest(configs=(config(settings), config(settings, "int8"))))
+    assert [e.key for e in errors] == ["compare.err.gpu_job"] and busy.snapshots() == []
 
 
 def test_one_comparison_at_a_time(compare_services: Services, settings: Settings):

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -37,10 +38,18 @@ import httpx
 from webui.services.gpu import GpuSampler
 from webui.services.job_states import JobState, is_live_job
 from webui.services.lifecycle import SpawnFailure, handle_of, spawn_safely, wait_for_state
-from webui.services.load import API_KEY_ENV, LevelSpec, LevelStats, read_records, summarize, worker_argv
+from webui.services.load import (
+    API_KEY_ENV,
+    LevelSpec,
+    LevelStats,
+    RequestRecord,
+    read_records,
+    summarize,
+    worker_argv,
+)
 from webui.services.processes import ProcessSupervisor
 from webui.services.serve import ServerManager
-from webui.services.serve_spec import KV_POLICIES, PYTORCH_ONLY_POLICIES, FieldError, ServerSpec, command_preview
+from webui.services.serve_spec import KV_POLICIES, FieldError, ServerSpec, command_preview
 from webui.services.server_states import ServerState
 from webui.services.store import JobRecord, Store
 from webui.services.workload import Prompt, builtin_prompts, pick, quality_text, read_workload_file
@@ -55,12 +64,13 @@ MAX_CONCURRENCY = 512
 MAX_REQUESTS = 5000
 MAX_NEW_TOKENS = 32768
 MAX_ANSWERS = 5
-MAX_QUALITY_CHARS = 16000
+MAX_QUALITY_CHARS = 200000
 PPL_CHUNK_CHARS = 1000  # a piece a request; ~3,000 tokens even where each character is 3 byte tokens
 READY_TIMEOUT_S = 20 * 60.0
 LEVEL_TIMEOUT_S = 30 * 60.0
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.25
+SHUTDOWN_WAIT_S = 30.0
 WARMUP_REQUESTS = 2
 BLOCK_TOKENS = 64  # the pytorch engine's block size (its CacheConfig line says block_size=64)
 KV_METRIC = "lmdeploy:gpu_cache_usage_perc"
@@ -90,14 +100,30 @@ class CompareConfig:
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> CompareConfig:
-        """Either {"server_id": …} or the Serve form's fields (flat, or under "spec")."""
+        """Either {"server_id": …} or the Serve form's fields (flat, or under "spec"); a field of the wrong kind
+        raises ValueError naming it (a JSON list edited by hand reaches here)."""
         label = str(data.get("label") or "")
         if data.get("server_id"):
             return cls(label=label, server_id=str(data["server_id"]))
         nested = data.get("spec")
         raw: dict[str, Any] = nested if isinstance(nested, dict) else data
-        return cls(label=label, spec=ServerSpec.from_json_dict({k: v for k, v in raw.items()
-                                                                 if k not in ("label", "server_id", "spec")}))
+        fields = {k: v for k, v in raw.items() if k not in ("label", "server_id", "spec")}
+        defaults = ServerSpec(model_path="")
+        for name, value in fields.items():
+            if name not in ServerSpec.__dataclass_fields__:
+                raise ValueError(f"{name}: not a Serve option")
+            expected = getattr(defaults, name)
+            if isinstance(expected, bool) or isinstance(value, bool):
+                ok = isinstance(value, bool) and isinstance(expected, bool)
+            elif isinstance(expected, float):
+                ok = isinstance(value, int | float)
+            elif isinstance(expected, tuple):
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            else:
+                ok = isinstance(value, type(expected))
+            if not ok:
+                raise ValueError(f"{name}: expected {type(expected).__name__}, got {json.dumps(value)[:40]}")
+        return cls(label=label, spec=ServerSpec.from_json_dict(fields))
 
 
 @dataclass(frozen=True)
@@ -139,7 +165,8 @@ def usual_grid(model_path: str, awq_path: str = "", backend: str = "pytorch", ca
     for path, fmt, tag in ((model_path, "auto", "orig"), (awq_path, "awq", "awq")):
         if not path:
             continue
-        for policy in policies:
+        # the AWQ half takes the three classic policies: with fp8 and TurboQuant on the original, that is 8
+        for policy in policies if fmt == "auto" else policies[:3]:
             spec = replace(template, model_path=path, model_format=fmt, backend=backend, kv_policy=policy,
                            cache_max_entry_count=cache_max_entry_count)
             configs.append(CompareConfig(label=f"{tag} · KV {policy}", spec=spec))
@@ -154,6 +181,8 @@ def check_request(request: CompareRequest) -> list[FieldError]:
         errors.append(field_error("configs", "compare.err.config_count", {"count": n, "min": MIN_CONFIGS,
                                                                           "max": MAX_CONFIGS}))
     levels = request.concurrency
+    if len(set(levels)) != len(levels) or list(levels) != sorted(levels):
+        errors.append(field_error("concurrency", "compare.err.levels_order", {}))
     if not levels or len(levels) > MAX_LEVELS or any(not 1 <= c <= MAX_CONCURRENCY for c in levels):
         errors.append(field_error("concurrency", "compare.err.levels", {"max_levels": MAX_LEVELS,
                                                                         "max": MAX_CONCURRENCY}))
@@ -199,7 +228,8 @@ class CompareManager:
 
     def __init__(self, store: Store, supervisor: ProcessSupervisor, servers: ServerManager, sampler: GpuSampler,
                  roots: Any, jobs_dir: Path, python: str | None = None,
-                 owners_of: Callable[[str], list[int]] | None = None) -> None:
+                 owners_of: Callable[[str], list[int]] | None = None,
+                 gpu_busy: Callable[[], bool] | None = None) -> None:
         self._store = store
         self._supervisor = supervisor
         self._servers = servers
@@ -208,6 +238,7 @@ class CompareManager:
         self._jobs_dir = jobs_dir
         self._python = python
         self._owners_of = owners_of or (lambda _sid: [])
+        self._gpu_busy = gpu_busy or (lambda: False)  # a quantization job holding the GPU
         self._lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
         self._cancel: dict[str, threading.Event] = {}
@@ -243,6 +274,8 @@ class CompareManager:
         """Check everything, then start the run at once; nothing is started or stored when a field is wrong."""
         if self.running() is not None:  # first: the rest would be checked against a GPU another run is using
             return [field_error("configs", "compare.err.busy", {})]
+        if self._gpu_busy():
+            return [field_error("configs", "compare.err.gpu_job", {})]
         errors = check_request(request) + self._check_configs(request)
         prompts = self._prompts(request, errors)
         if request.quality != "none" and isinstance(problem := quality_text(request.quality), FieldError):
@@ -272,16 +305,19 @@ class CompareManager:
 
     def cancel(self, compare_id: str) -> CompareSnapshot:
         """Mark CANCELLING, stop the load worker; the run stops what it started and ends CANCELLED."""
-        record = self._store.get_job(compare_id, KIND)
-        if record is None:
-            raise KeyError(compare_id)
-        if is_live_job(record.state) and record.state != JobState.CANCELLING.value:
+        with self._lock:  # against the run's own _finish: a finished run is never relabelled, nor left CANCELLING
+            record = self._store.get_job(compare_id, KIND)
+            if record is None:
+                raise KeyError(compare_id)
+            if record.state != JobState.RUNNING.value:
+                return self._require(compare_id)
             self._store.update_job(compare_id, state=JobState.CANCELLING.value)
             self._store.add_event(compare_id, "cancelling")
             self._cancel.setdefault(compare_id, threading.Event()).set()
-            self._supervisor.request_stop(handle_of(record.pid, record.create_time, record.log_path), grace_s=2.0)
-            if compare_id not in self._threads or not self._threads[compare_id].is_alive():
+            thread = self._threads.get(compare_id)
+            if thread is None or not thread.is_alive():
                 self._launch(compare_id)  # no run thread (a restart in between): let one settle it
+        self._supervisor.request_stop(handle_of(record.pid, record.create_time, record.log_path), grace_s=2.0)
         return self._require(compare_id)
 
     def wait_for(self, compare_id: str, states: set[str], timeout_s: float) -> CompareSnapshot:
@@ -297,8 +333,9 @@ class CompareManager:
             if is_live_job(record.state):
                 self._supervisor.request_stop(handle_of(record.pid, record.create_time, record.log_path),
                                               grace_s=1.0)
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
         for thread in list(self._threads.values()):
-            thread.join(timeout=10.0)
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
 
     # the run ----------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -333,7 +370,15 @@ class CompareManager:
                     continue  # measured before a console restart
                 if cancel.is_set():
                     raise _Cancelled
-                self._run_config(compare_id, request, index, config, prompts, cancel, slept)
+                self._leftover(compare_id, index)
+                try:
+                    self._run_config(compare_id, request, index, config, prompts, cancel, slept)
+                except (_Cancelled, sqlite3.Error):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one configuration's surprise must not end the others
+                    log.exception("comparison %s, configuration %d", compare_id, index + 1)
+                    self._update_config(compare_id, index, status="failed", error={
+                        "key": "compare.err.unexpected", "params": {"error": f"{type(exc).__name__}: {exc}"[:300]}})
         except _Cancelled:
             pass
         except Exception as exc:  # noqa: BLE001 - a bug must end the row, not the thread silently
@@ -359,14 +404,13 @@ class CompareManager:
                     prompts: list[Prompt], cancel: threading.Event, slept: list[str]) -> None:
         began = time.time()
         self._update_config(compare_id, index, status="starting", started_at=began, levels=[], error=None)
-        server_id, started = config.server_id, False
+        server_id, started = config.server_id, not config.server_id
         timings: dict[str, float] = {}
         try:
-            if not server_id:
+            if started:
                 t = time.monotonic()
                 server_id, problem = self._start(compare_id, index, config, cancel)
                 timings["start_s"] = round(time.monotonic() - t, 3)  # to READY, or to its failure
-                started = True
                 if problem is not None:
                     self._update_config(compare_id, index, status="failed", error=problem, server_id=server_id)
                     return
@@ -401,6 +445,8 @@ class CompareManager:
             t = time.monotonic()
             ppl = self._perplexity(snap.base_url, key, request.quality) if request.quality != "none" else None
             timings["ppl_s"] = round(time.monotonic() - t, 3)
+            if cancel.is_set():  # a shutdown or cancel during /get_ppl: not measured to the end
+                raise _Cancelled
             memory = self._peak_memory(server_id, began)
             all_failed = all(level["ok"] == 0 for level in self._config(compare_id, index).get("levels", []))
             error = {"key": "compare.err.all_requests_failed", "params": {
@@ -412,16 +458,32 @@ class CompareManager:
             self._update_config(compare_id, index, status="cancelled")
             raise
         finally:
+            if started:  # a cancel during the start left its id in the row only
+                server_id = server_id or str(self._config(compare_id, index).get("server_id") or "")
             if started and server_id and not request.keep_servers:
                 t = time.monotonic()
                 self._stop(server_id)
                 timings["stop_s"] = round(time.monotonic() - t, 3)
+            elif started and server_id and self._sleep(server_id):  # kept: asleep while the others run
+                slept.append(server_id)
             elif server_id and server_id in slept:
                 t = time.monotonic()
                 self._sleep(server_id)
                 timings["sleep_s"] = round(time.monotonic() - t, 3)
             timings["total_s"] = round(time.time() - began, 3)
             self._update_config(compare_id, index, timings=timings, ended_at=time.time())
+
+    def _leftover(self, compare_id: str, index: int) -> None:
+        """A configuration interrupted by a console restart may have left its server (kept running): stop it
+        before starting it again, or the new one would see less memory."""
+        row = self._config(compare_id, index)
+        server_id = str(row.get("server_id") or "")
+        if row.get("source") == "started" and server_id:
+            snap = self._servers.get(server_id)
+            if snap is not None and snap.state not in (ServerState.STOPPED.value, ServerState.FAILED.value,
+                                                       ServerState.LOST.value):
+                self._stop(server_id)
+            self._update_config(compare_id, index, server_id="")
 
     def _start(self, compare_id: str, index: int, config: CompareConfig,
                cancel: threading.Event) -> tuple[str, dict[str, Any] | None]:
@@ -467,7 +529,9 @@ class CompareManager:
         out_path = folder / f"level-{index + 1}-{concurrency}.jsonl"
         spec_path.write_text(spec.to_json(), encoding="utf-8")
         out_path.unlink(missing_ok=True)
-        env = {**os.environ, API_KEY_ENV: key} if key else None  # the key only ever through the environment
+        env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}  # the key only ever through here
+        if key:
+            env[API_KEY_ENV] = key
         handle = spawn_safely(self._supervisor, worker_argv(spec_path, out_path, self._python),
                               folder / "load.log", env=env)
         if isinstance(handle, SpawnFailure):
@@ -494,6 +558,9 @@ class CompareManager:
         if cancel.is_set():  # the cancel stopped the worker before this loop saw it: a cut level is no result
             raise _Cancelled
         records = read_records(out_path)
+        missing = len(chosen) - len(records)  # cut by the level's deadline: never read as a complete level
+        records += [RequestRecord(len(records) + i, 0.0, 0.0, error="not finished before the level's deadline")
+                    for i in range(max(0, missing))]
         return summarize(records, concurrency), peak_kv
 
     def _answers(self, base_url: str, model: str, key: str, prompts: list[Prompt], request: CompareRequest,
@@ -601,7 +668,15 @@ class CompareManager:
         return record is not None and record.state == JobState.CANCELLING.value
 
     def _finish(self, compare_id: str, state: JobState, error: str) -> None:
-        self._store.update_job(compare_id, state=state.value, ended_at=time.time(), error=error[-2000:], pid=None)
+        """End the row; a cancel that arrived meanwhile wins over SUCCEEDED/FAILED (checked under the lock)."""
+        with self._lock:
+            record = self._store.get_job(compare_id, KIND)
+            if record is None or not is_live_job(record.state):
+                return
+            if record.state == JobState.CANCELLING.value and state != JobState.CANCELLED:
+                state = JobState.CANCELLED
+            self._store.update_job(compare_id, state=state.value, ended_at=time.time(), error=error[-2000:],
+                                   pid=None)
         self._store.add_event(compare_id, state.value.lower(), error[:300])
 
     def _require(self, compare_id: str) -> CompareSnapshot:
@@ -670,8 +745,10 @@ class CompareManager:
             if config.spec is None:
                 errors.append(field_error("configs", "compare.err.config_empty", where))
                 continue
-            if config.spec.kv_policy in PYTORCH_ONLY_POLICIES and config.spec.backend != "pytorch":
-                pass  # the ServerManager's check names it
+            if config.spec.api_keys or config.spec.host not in ("127.0.0.1", "localhost", "::1"):
+                # its servers live minutes, on loopback: keys would only end up in the run's stored settings
+                errors.append(field_error("configs", "compare.err.config_exposed", where))
+                continue
             checked = self._servers.check(replace(config.spec, port=self._servers.suggest_port()))
             if isinstance(checked, list):  # the port is chosen when the configuration starts, not here
                 errors.extend(field_error("configs", e.key, {**e.params, **where, "field": e.field}) for e in checked
@@ -763,18 +840,22 @@ def text_chunks(text: str, size: int = PPL_CHUNK_CHARS) -> list[str]:
 
 
 def get_ppl(base_url: str, key: str, text: str) -> dict[str, Any]:
-    """Perplexity through `POST /get_ppl`, which returns a piece's mean cross-entropy in nats.
+    """Perplexity through `POST /get_ppl`, which returns a piece's mean cross-entropy in nats over its tokens.
 
-    The text goes in pieces: a piece longer than the server's session length comes back as an error. The
-    pieces' values are averaged weighted by their length and shown as exp(); "not available" without the route.
+    The text goes in pieces: one longer than the server's session comes back as an error. Where the server has
+    LMDeploy's `POST /v1/encode`, each piece is sent as its token ids and weighted by the tokens it scores (a
+    Chinese character is several tokens, an English word often one); otherwise as text, weighted by characters.
+    Shown as exp(); "not available" where the server has no /get_ppl.
     """
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    weighted, chars = 0.0, 0
     pieces = text_chunks(text)
+    total, weight = 0.0, 0
     with httpx.Client(timeout=300.0, headers=headers) as client:
-        for piece in pieces:
+        ids = _encode(client, base_url, pieces)
+        for number, piece in enumerate(pieces):
+            body: dict[str, Any] = {"input": ids[number] if ids else piece}
             try:
-                resp = client.post(base_url + "/get_ppl", json={"input": piece})
+                resp = client.post(base_url + "/get_ppl", json=body)
             except httpx.HTTPError as exc:
                 return {"available": False, "reason": "error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
             if resp.status_code in (404, 405, 501):
@@ -786,13 +867,26 @@ def get_ppl(base_url: str, key: str, text: str) -> dict[str, Any]:
             if resp.status_code != 200 or not math.isfinite(nats):
                 return {"available": False, "reason": "error",
                         "detail": f"HTTP {resp.status_code}: {resp.text[:200]}"}
-            weighted += nats * len(piece)
-            chars += len(piece)
-    if not chars:
+            scored = max(len(ids[number]) - 1, 1) if ids else len(piece)
+            total += nats * scored
+            weight += scored
+    if not weight:
         return {"available": False, "reason": "no_text"}
-    nats = weighted / chars
-    return {"available": True, "nats": nats, "perplexity": math.exp(min(nats, 700.0)), "chars": chars,
-            "pieces": len(pieces)}
+    nats = total / weight
+    return {"available": True, "nats": nats, "perplexity": math.exp(min(nats, 700.0)), "chars": len(text),
+            "pieces": len(pieces), "weighted_by": "tokens" if ids else "characters", "tokens": weight if ids else None}
+
+
+def _encode(client: httpx.Client, base_url: str, pieces: list[str]) -> list[list[int]] | None:
+    """Each piece's token ids from LMDeploy's `/v1/encode` (as /get_ppl would tokenize it), None without it."""
+    try:
+        resp = client.post(base_url + "/v1/encode", json={"input": pieces, "add_bos": True})
+        ids = resp.json().get("input_ids") if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if not isinstance(ids, list) or len(ids) != len(pieces) or not all(isinstance(i, list) for i in ids):
+        return None
+    return ids
 
 
 def _memory_pair(config: dict[str, Any], base: dict[str, Any]) -> tuple[float | None, float | None]:

@@ -72,7 +72,9 @@ class Services:
         demos = DemoManager(store, secrets, servers, chat)
         # The load worker is the console's own code: it runs with the console's interpreter, not LMDeploy's.
         compare = CompareManager(store, supervisor, servers, sampler, roots, settings.jobs_dir,
-                                 owners_of=memory.owners_of)
+                                 owners_of=memory.owners_of,
+                                 gpu_busy=lambda: any(j.state == "RUNNING" and j.device != "cpu"
+                                                      for j in jobs.snapshots()))
         return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, downloads, demos, chat,
                    ToolLoop(chat), memory, compare)
 

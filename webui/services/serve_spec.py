@@ -131,7 +131,8 @@ class ServerSpec:
     def from_json_dict(cls, data: dict[str, Any]) -> ServerSpec:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known.setdefault("model_path", "")
-        known["api_keys"] = tuple(known.get("api_keys") or ())
+        keys = known.get("api_keys") or ()
+        known["api_keys"] = (keys,) if isinstance(keys, str) else tuple(keys)  # one key, never its characters
         return cls(**known)
 
     @property

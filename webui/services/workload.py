@@ -184,6 +184,8 @@ def read_workload_file(path: str | Path) -> list[Prompt] | list[FieldError]:
         return [FieldError(FIELD, "compare.err.file_missing", {"path": shown})]
     if path.is_dir():
         return [FieldError(FIELD, "compare.err.file_is_dir", {"path": shown})]
+    if not path.is_file():  # a FIFO or a device would block the read (and the page's worker with it)
+        return [FieldError(FIELD, "compare.err.file_unreadable", {"path": shown, "error": "not a regular file"})]
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ class CompareValues:
         if errors:
             return errors
         return CompareRequest(configs=tuple(configs), workload=self.workload.strip() or "builtin",
-                              concurrency=tuple(levels), requests_per_level=self.requests_per_level,
+                              concurrency=tuple(sorted(set(levels))), requests_per_level=self.requests_per_level,
                               max_new_tokens=self.max_new_tokens, seed=self.seed, quality=quality,
                               answers=self.answers, baseline=self.baseline - 1, ignore_eos=self.ignore_eos,
                               keep_servers=self.keep_servers)
@@ -460,9 +461,9 @@ class CompareHandlers:
         result = self.compare.result(compare_id) if compare_id else None
         if result is None:
             return None, None
-        self.export_dir.mkdir(parents=True, exist_ok=True)
-        csv_path = self.export_dir / f"{compare_id}.csv"
-        json_path = self.export_dir / f"{compare_id}.json"
+        folder = Path(tempfile.mkdtemp(prefix="compare-"))  # Gradio serves files from its temp dir, not the state
+        csv_path = folder / f"{compare_id}.csv"
+        json_path = folder / f"{compare_id}.json"
         csv_path.write_text(result_csv(result["configs"]), encoding="utf-8")
         json_path.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
         return str(csv_path), str(json_path)
@@ -640,7 +641,7 @@ def build_compare_tab(demo: gr.Blocks, handlers: CompareHandlers, i18n: gr.I18n)
     cancel.click(handlers.cancel_compare, selected, cancel_message, api_name="cancel_compare")
     history.select(handlers.pick_from_table, history, selected, api_visibility="private")
     selected.change(handlers.show, selected, shown, **quiet)
-    timer.tick(handlers.refresh, selected, [history, selected, *shown], **quiet)
+    timer.tick(handlers.refresh, selected, [history, selected, *shown], concurrency_limit=None, **quiet)
     export.click(handlers.export, selected, [csv_file, json_file], api_visibility="private")
     demo.load(handlers.load_page, [grid_model, server, selected], [grid_model, server, history, selected, *shown],
               **quiet)

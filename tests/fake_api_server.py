@@ -34,6 +34,9 @@ PHASE_LINES = [
     "CacheConfig(max_batches=1024, block_size=64, num_cpu_blocks=0, num_gpu_blocks={blocks}, kernel_block_size=64)",
     "2026-11-26 09:57:17,706 - lmdeploy - INFO - base.py:446 - Warming up model.",
     "2026-11-26 09:57:41,345 - lmdeploy - INFO - agent.py:566 - Engine warmup completed in 23.64 seconds.",
+    "2026-11-26 09:57:41,385 - lmdeploy - INFO - async_engine.py:168 - updated backend_config=PytorchEngineConfig("
+    "dtype='auto', tp=1, dp=1, dp_rank=0, ep=1, session_len=4096, max_batch_size=1024, attn_tp_size=None, "
+    "cache_max_entry_count=0.8, prefill_interval=16, block_size=64)",
     "INFO:     Started server process [1550]",
     "INFO:     Waiting for application startup.",
 ]

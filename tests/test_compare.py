@@ -99,6 +99,7 @@ def test_two_configurations_measured_and_their_servers_stopped(compare_services:
         assert len(c["answers"]) == 2 and all(c["answers"])
         assert c["peak_kv_usage"] is not None
         assert c["kv_tokens"] == c["gpu_blocks"] * 64
+        assert c["session_len_used"] == 4096 and c["kv_sessions"] == c["kv_tokens"] // 4096
         # what the run started, it stopped
         assert compare_services.servers.get(c["server_id"]).state == ServerState.STOPPED.value
     assert "--quant-policy 4" in configs[1]["command"] and "--quant-policy" not in configs[0]["command"]

@@ -27,6 +27,7 @@ def test_recorded_startup_walks_every_phase_in_order() -> None:
     assert final.warmup_seconds == pytest.approx(23.64)
     assert final.gpu_blocks == 256839
     assert final.block_size == 64
+    assert final.session_len == 4096  # "updated backend_config=…(session_len=4096": the engine's, not the None asked
     assert final.progress > 0.9
 
 

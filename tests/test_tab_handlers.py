@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import fake_argv_factory, place_model
+from tests.conftest import MODEL_NAME, fake_argv_factory, place_model
 from webui.i18n.catalog import Catalog
 from webui.services.chat import ChatError
 from webui.services.container import Services
@@ -428,3 +428,35 @@ def test_the_memory_tab_without_nvml_says_why_and_still_plans(no_servers: Servic
         heading = catalog.text("memory.msg.no_gpu", locale, reason="@").split("@")[0]
         assert status.startswith("⚠ " + heading) and chart is None and devices.empty and processes.empty
     assert memory.ready_servers(None).choices == []
+
+
+def test_an_earlier_comparison_shows_beside_the_selected_one(settings: Settings, catalog: Catalog) -> None:
+    """Two runs kept in the history: the second is shown with the first's configurations added after its own,
+    labelled with the first's id, in one table and one chart, against the second's baseline."""
+    from webui.services.compare import CompareConfig, CompareRequest
+    from webui.ui.compare_tab import CompareHandlers
+
+    services = Services.build(settings, argv_factory=fake_argv_factory())
+    try:
+        model = str(settings.model_roots[0] / MODEL_NAME)
+        runs = []
+        for policies in (("none", "int8"), ("none", "int4")):
+            request = CompareRequest(configs=tuple(CompareConfig(label=f"KV {p}", spec=ServerSpec(
+                model_path=model, backend="pytorch", kv_policy=p, cache_max_entry_count=0.4)) for p in policies),
+                concurrency=(1,), requests_per_level=2, max_new_tokens=8, answers=0, quality="none")
+            snap = services.compare.submit(request)
+            assert not isinstance(snap, list), snap
+            runs.append(services.compare.wait_for(snap.id, {"SUCCEEDED", "FAILED"}, 60))
+        handlers = CompareHandlers(services.compare, services.servers, services.jobs, services.roots, catalog)
+        _progress, verdict, table, chart, _tradeoff, _answers, commands, _cancel = handlers.show(
+            runs[1].id, [runs[0].id], EN)
+        labels = list(table.iloc[:, 0])
+        assert labels == ["★ KV none", "KV int4", f"{runs[0].id} · KV none", f"{runs[0].id} · KV int8"]
+        assert f"{runs[0].id} · KV int8" in verdict and "1.94× the KV tokens" in verdict
+        assert len(chart.data) == 4 and commands.count("lmdeploy serve api_server") == 4
+        alone = handlers.show(runs[1].id, [], ZH)[2]
+        assert len(alone) == 2 and list(alone.columns)[4] == "满长会话数"
+        blocks = runs[1].configs[0]["gpu_blocks"]
+        assert alone.iloc[0, 4] == f"{blocks * 64 // 4096:,} × 4,096"  # sessions of the engine's session length
+    finally:
+        services.close()

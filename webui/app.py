@@ -77,8 +77,7 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
     demos = DemosHandlers(services.demos, services.servers, services.settings.guest_url,
                           services.settings.state_dir / "demos", catalog,
                           share_state=lambda: services.store.get_pref("demo.share", "off"))
-    compare = CompareHandlers(services.compare, services.servers, services.jobs, services.roots,
-                              services.settings.state_dir / "exports", catalog)
+    compare = CompareHandlers(services.compare, services.servers, services.jobs, services.roots, catalog)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
         if not is_loopback(services.settings.host):  # --share publishes the guest app only

@@ -49,6 +49,7 @@ from webui.services.load import (
 )
 from webui.services.processes import ProcessSupervisor
 from webui.services.serve import ServerManager
+from webui.services.serve_log import read_startup
 from webui.services.serve_spec import KV_POLICIES, FieldError, ServerSpec, command_preview
 from webui.services.server_states import ServerState
 from webui.services.store import JobRecord, Store
@@ -426,8 +427,12 @@ class CompareManager:
             ready_s = round((snap.ready_at or began) - (snap.started_at or began), 3) if started else 0.0
             key = self._servers.api_key(server_id)
             blocks = snap.gpu_blocks
+            reading = read_startup(self._servers.log(server_id, max_lines=5000)) if blocks else None
+            tokens = blocks * ((reading.block_size if reading else None) or BLOCK_TOKENS) if blocks else None
+            session_len = reading.session_len if reading else None
             self._update_config(compare_id, index, status="warming", server_id=server_id, model_id=snap.model_id,
-                                gpu_blocks=blocks, kv_tokens=blocks * BLOCK_TOKENS if blocks else None,
+                                gpu_blocks=blocks, kv_tokens=tokens, session_len_used=session_len,
+                                kv_sessions=tokens // session_len if tokens and session_len else None,
                                 command=snap.command, ready_s=ready_s)
             t = time.monotonic()
             answers = self._answers(snap.base_url, snap.model_id, key, prompts, request, cancel)

@@ -40,6 +40,8 @@ PHASE_KEYS = tuple(p.key for p in PHASES)
 WARMUP_DONE = re.compile(r"Engine warmup completed in ([\d.]+) seconds")
 GPU_BLOCKS = re.compile(r"num_gpu_blocks=(\d+)")
 BLOCK_SIZE = re.compile(r"\bblock_size=(\d+)")
+# the engine's config as it settled, e.g. "updated backend_config=PytorchEngineConfig(… session_len=4096, …"
+SESSION_LEN = re.compile(r"backend_config=\w+\(.*?\bsession_len=(\d+)")
 # TurboMind's line, from the format string in LMDeploy 0.18's _turbomind library (never seen running here):
 # "Object cache budget: {:.2f} MB from free {:.2f} MB and ratio {:.3f}"
 CACHE_BUDGET = re.compile(r"Object cache budget: ([\d.]+) MB from free ([\d.]+) MB and ratio ([\d.]+)")
@@ -86,6 +88,7 @@ class StartupReading:
     block_size: int | None = None
     cache_budget_mb: float | None = None  # TurboMind's KV budget
     cache_free_mb: float | None = None
+    session_len: int | None = None  # what the engine settled on (the model's own length when not given)
 
 
 def clean(line: str) -> str:
@@ -100,6 +103,7 @@ def read_startup(lines: list[str]) -> StartupReading:
     blocks: int | None = None
     block_size: int | None = None
     budget: tuple[float, float] | None = None
+    session_len: int | None = None
     for raw in lines:
         for segment in raw.split("\r"):
             for index in range(len(PHASES) - 1, best, -1):
@@ -114,9 +118,12 @@ def read_startup(lines: list[str]) -> StartupReading:
                     block_size = int(bs.group(1))
             if m := CACHE_BUDGET.search(segment):
                 budget = (float(m.group(1)), float(m.group(2)))
+            if m := SESSION_LEN.search(segment):
+                session_len = int(m.group(1))
     phase = PHASES[best]
     return StartupReading(phase.key, phase.progress, warmup, blocks, block_size,
-                          *(budget if budget else (None, None)))
+                          cache_budget_mb=budget[0] if budget else None, cache_free_mb=budget[1] if budget else None,
+                          session_len=session_len)
 
 
 def find_hint(lines: list[str]) -> Hint | None:

@@ -7,6 +7,7 @@ the baseline marked and deltas in %, the charts, and the plain-language verdict.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -130,12 +131,11 @@ class CompareHandlers:
     """Event handlers of the Compare tab; they command the CompareManager and word its numbers."""
 
     def __init__(self, compare: CompareManager, servers: ServerManager, jobs: JobManager, roots: ModelRoots,
-                 export_dir: Path, catalog: Catalog) -> None:
+                 catalog: Catalog) -> None:
         self.compare = compare
         self.servers = servers
         self.jobs = jobs
         self.roots = roots
-        self.export_dir = export_dir
         self.catalog = catalog
 
     # building the list ----------------------------------------------------------------------------------
@@ -260,16 +260,17 @@ class CompareHandlers:
         return self.compare.result(compare_id) or {}
 
     # showing ------------------------------------------------------------------------------------------------
-    def refresh(self, compare_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+    def refresh(self, compare_id: str | None, beside: list[str] | None, request: gr.Request) -> tuple[Any, ...]:
         """The timer's view: it keeps the page's pick (a tick sent before a run started must not select the
         previous comparison again), and picks the newest only when there is none yet."""
-        return self._view(compare_id, request, keep=True)
+        return self._view(compare_id, request, keep=True, beside=beside)
 
     def select(self, compare_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Show this comparison (the newest when unknown) and select it in the dropdown."""
         return self._view(compare_id, request, keep=False)
 
-    def _view(self, compare_id: str | None, request: gr.Request, keep: bool) -> tuple[Any, ...]:
+    def _view(self, compare_id: str | None, request: gr.Request, keep: bool,
+              beside: list[str] | None = None) -> tuple[Any, ...]:
         snaps = self.compare.snapshots()
         ids = [s.id for s in snaps]
         known = compare_id in ids
@@ -278,7 +279,8 @@ class CompareHandlers:
         choices = [(f"{s.id} · {self.catalog.text(f'quantize.state.{s.state}', locale_of(request))}", s.id)
                    for s in snaps]
         picker = gr.Dropdown(choices=choices) if keep and known else gr.Dropdown(choices=choices, value=compare_id)
-        return (self.history(snaps, request), picker, *self.show(compare_id, request))
+        others = gr.Dropdown(choices=choices)
+        return (self.history(snaps, request), picker, others, *self.show(compare_id, beside, request))
 
     def history(self, snaps: list[CompareSnapshot], request: gr.Request) -> pd.DataFrame:
         locale = locale_of(request)
@@ -289,20 +291,36 @@ class CompareHandlers:
                  " | ".join(str(c.get("label")) for c in s.configs)] for s in snaps]
         return pd.DataFrame(rows, columns=columns)
 
-    def show(self, compare_id: str | None, request: gr.Request) -> tuple[Any, ...]:
-        """Progress, verdict, table, charts, answers and commands of one comparison."""
+    def show(self, compare_id: str | None, beside: list[str] | None, request: gr.Request) -> tuple[Any, ...]:
+        """Progress, verdict, table, charts, answers and commands of one comparison, with the configurations of
+        earlier runs picked in "show beside it" added after its own (against the same baseline)."""
         locale = locale_of(request)
-        snap = self.compare.get(compare_id) if compare_id else None
-        if snap is None:
+        own = self.compare.get(compare_id) if compare_id else None
+        if own is None:
             empty = pd.DataFrame()
             return self.catalog.text("compare.msg.none", locale), "", empty, None, None, empty, "", \
                 gr.Button(interactive=False)
+        snap = self.beside(own, beside or [])
         baseline = int(snap.request.get("baseline") or 0)
         found = deltas(snap.configs, baseline)
-        return (self.progress_html(snap, locale), self.verdict(snap, found, baseline, locale),
+        return (self.progress_html(own, locale), self.verdict(snap, found, baseline, locale),
                 self.table(snap, found, baseline, locale), self.throughput_chart(snap, locale),
                 self.tradeoff_chart(snap, locale), self.answers(snap, locale), self.commands(snap),
-                gr.Button(interactive=is_live_job(snap.state)))
+                gr.Button(interactive=is_live_job(own.state)))
+
+    def beside(self, own: CompareSnapshot, others: list[str]) -> CompareSnapshot:
+        """One view of several runs: the others' configurations follow, labelled with their run's id."""
+        configs = list(own.configs)
+        levels = set(own.request.get("concurrency") or [])
+        for other_id in others:
+            other = self.compare.get(other_id) if other_id != own.id else None
+            if other is None:
+                continue
+            for c in other.configs:
+                configs.append({**c, "index": len(configs), "label": f"{other.id} · {c.get('label')}"})
+            levels |= set(other.request.get("concurrency") or [])
+        request = {**own.request, "concurrency": sorted(levels)}
+        return dataclasses.replace(own, configs=configs, request=request)
 
     def progress_html(self, snap: CompareSnapshot, locale: str) -> str:
         t = self.catalog.text
@@ -367,7 +385,8 @@ class CompareHandlers:
         t = self.catalog.text
         levels = snap.request.get("concurrency") or []
         columns = [t("compare.col.label", locale), t("compare.col.status", locale), t("compare.col.blocks", locale),
-                   t("compare.col.kv_tokens", locale), t("compare.col.peak_memory", locale),
+                   t("compare.col.kv_tokens", locale), t("compare.col.sessions", locale),
+                   t("compare.col.peak_memory", locale),
                    t("compare.col.kv_peak", locale), t("compare.col.ppl", locale)]
         for c in levels:
             columns += [t("compare.col.tps_at", locale, c=c), t("compare.col.ttft_at", locale, c=c),
@@ -382,7 +401,7 @@ class CompareHandlers:
             kv_tokens = config.get("kv_tokens")
             row = [mark + str(config.get("label")), t(f"compare.status.{config.get('status', 'pending')}", locale),
                    config.get("gpu_blocks") or "", (f"{kv_tokens:,}" + _ratio(d.get("kv_tokens_ratio")))
-                   if kv_tokens else "", (gib(_held(config)) + _delta(d.get("peak_gpu_pct")))
+                   if kv_tokens else "", _sessions(config), (gib(_held(config)) + _delta(d.get("peak_gpu_pct")))
                    if _held(config) else t("compare.na", locale),
                    f"{config['peak_kv_usage'] * 100:.1f}%" if config.get("peak_kv_usage") is not None
                    else t("compare.na", locale), ppl_text]
@@ -473,7 +492,14 @@ class CompareHandlers:
 
     def load_page(self, model: str | None, server: str | None, compare_id: str | None,
                   request: gr.Request) -> tuple[Any, ...]:
-        return (model_choices(self.roots, model), self.server_choices(server), *self.refresh(compare_id, request))
+        return (model_choices(self.roots, model), self.server_choices(server),
+                *self.refresh(compare_id, None, request))
+
+
+def _sessions(config: dict[str, Any]) -> str:
+    """Full-length sessions that fit in the KV pool, with the session length the engine settled on."""
+    sessions, length = config.get("kv_sessions"), config.get("session_len_used")
+    return f"{sessions:,} × {length:,}" if sessions is not None and length else ""
 
 
 def _held(config: dict[str, Any]) -> int | None:
@@ -603,6 +629,8 @@ def build_compare_tab(demo: gr.Blocks, handlers: CompareHandlers, i18n: gr.I18n)
                                        elem_id="compare-selected")
                 cancel = gr.Button(i18n("compare.cancel_button"), variant="stop", scale=1, interactive=False,
                                    elem_id="compare-cancel")
+            beside = gr.Dropdown(label=i18n("compare.beside.label"), info=i18n("compare.beside.info"), choices=[],
+                                 multiselect=True, elem_id="compare-beside")
             cancel_message = gr.Markdown(elem_id="compare-cancel-message")
             progress = gr.HTML(elem_id="compare-progress")
             verdict = gr.Markdown(elem_id="compare-verdict")
@@ -637,14 +665,16 @@ def build_compare_tab(demo: gr.Blocks, handlers: CompareHandlers, i18n: gr.I18n)
     configs.change(handlers.preview, configs, [preview, preview_message], **quiet)
     started = run.click(COMPARE_FORM.bind(handlers.submit_compare), inputs, [message, touched],
                         api_name="submit_compare", **forms.RAW_INPUTS)
-    started.then(handlers.select, touched, [history, selected, *shown], **quiet)
+    started.then(handlers.select, touched, [history, selected, beside, *shown], **quiet)
     cancel.click(handlers.cancel_compare, selected, cancel_message, api_name="cancel_compare")
     history.select(handlers.pick_from_table, history, selected, api_visibility="private")
-    selected.change(handlers.show, selected, shown, **quiet)
-    timer.tick(handlers.refresh, selected, [history, selected, *shown], concurrency_limit=None, **quiet)
+    for picker in (selected, beside):
+        picker.change(handlers.show, [selected, beside], shown, **quiet)
+    timer.tick(handlers.refresh, [selected, beside], [history, selected, beside, *shown], concurrency_limit=None,
+               **quiet)
     export.click(handlers.export, selected, [csv_file, json_file], api_visibility="private")
-    demo.load(handlers.load_page, [grid_model, server, selected], [grid_model, server, history, selected, *shown],
-              **quiet)
+    demo.load(handlers.load_page, [grid_model, server, selected],
+              [grid_model, server, history, selected, beside, *shown], **quiet)
     gr.api(handlers.compare_progress_api, api_name="compare_progress")
     gr.api(handlers.list_compares_api, api_name="list_compares")
     gr.api(handlers.compare_result_api, api_name="compare_result")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from scripts.checks import Checks  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
-from webui.services.compare import CompareConfig, CompareRequest, deltas, post_control, usual_grid  # noqa: E402
+from webui.services.compare import CompareConfig, CompareRequest, deltas, usual_grid  # noqa: E402
 from webui.services.container import Services  # noqa: E402
 from webui.services.serve_spec import ServerSpec  # noqa: E402
 from webui.settings import Settings  # noqa: E402
@@ -170,12 +170,14 @@ def extras(services: Services, model: Path, checks: Checks) -> dict[str, Any]:
     awake = used_mib(services)
     # sleep / wake, timed against NVML
     t0 = time.monotonic()
-    slept = post_control(server.base_url, "", "/sleep?level=1")
+    asleep_outcome = services.servers.sleep(server.id)  # the Serve tab's Sleep
+    slept = not asleep_outcome.error and asleep_outcome.server.state == "SLEEPING"
     sleep_call = time.monotonic() - t0
     drop_s, asleep = wait_memory(services, below=awake - (awake - idle) * 0.5)
     status_asleep = chat_status(server.base_url, server.model_id)
     t0 = time.monotonic()
-    woke = post_control(server.base_url, "", "/wakeup")
+    awake_outcome = services.servers.wake(server.id)
+    woke = not awake_outcome.error and awake_outcome.server.state == "READY"
     wake_call = time.monotonic() - t0
     back_s, woken = wait_memory(services, above=awake - 512)
     status_awake = chat_status(server.base_url, server.model_id)

@@ -24,6 +24,7 @@ OWNED = {
     # columns: dead, dead unwatched, healthy, initializing, silent, silent unwatched, healthy unwatched
     S.STARTING:    ((S.FAILED, "failed"), (S.LOST, "lost"), (S.READY, "ready"), None, None, None, (S.READY, "ready")),
     S.READY:       ((S.FAILED, "failed"), (S.LOST, "lost"), None, None, None, None, None),
+    S.SLEEPING:    ((S.FAILED, "failed"), (S.LOST, "lost"), None, None, None, None, None),
     S.UNREACHABLE: ((S.FAILED, "failed"), (S.LOST, "lost"), (S.READY, "ready"), None, None,
                     (S.STARTING, "reattached"), (S.READY, "ready")),
     S.STOPPING:    ((S.STOPPED, "stopped"), (S.STOPPED, "stopped"), None, None, None, None, None),
@@ -49,6 +50,7 @@ def test_owned_server(state: ServerState, column: int) -> None:
 ATTACHED = {
     # state:        healthy,                    initializing,                    nothing answers
     S.READY:       (None, (S.UNREACHABLE, "unreachable"), (S.UNREACHABLE, "unreachable")),
+    S.SLEEPING:    (None, (S.UNREACHABLE, "unreachable"), (S.UNREACHABLE, "unreachable")),
     S.UNREACHABLE: ((S.READY, "reachable"), None, None),
     S.STOPPING:    ((S.STOPPED, "detached"),) * 3,
     S.STARTING:    ((S.READY, "reachable"), (S.UNREACHABLE, "unreachable"), (S.UNREACHABLE, "unreachable")),

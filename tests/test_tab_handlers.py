@@ -460,3 +460,21 @@ def test_an_earlier_comparison_shows_beside_the_selected_one(settings: Settings,
         assert alone.iloc[0, 4] == f"{blocks * 64 // 4096:,} × 4,096"  # sessions of the engine's session length
     finally:
         services.close()
+
+
+def test_sleep_and_wake_from_the_serve_tab(fake_services: Services, model_root: Path, catalog: Catalog) -> None:
+    """The buttons fit the state (Sleep when READY, Wake when asleep) and the messages read in the page's
+    language, with the state words worded too."""
+    servers = fake_services.servers
+    server_id = start_ready(fake_services, model_root / MODEL_NAME)
+    handlers = ServeHandlers(servers, fake_services.roots, catalog)
+    interactive = [b.interactive for b in handlers.controls(server_id)]
+    assert interactive[4:] == [True, False]  # sleep, wake
+    slept = handlers.sleep_server(server_id, ZH)
+    assert slept.startswith(f"服务 `{server_id}` 已休眠") and servers.get(server_id).state == "SLEEPING"
+    assert [b.interactive for b in handlers.controls(server_id)][2:] == [False, False, False, True]
+    again = handlers.sleep_server(server_id, EN)
+    assert again == catalog.text("errors.server_state", "en", id=server_id, state="Sleeping", needs="Ready")
+    assert "Sleeping" in handlers.list_servers(EN).to_string()
+    assert handlers.wake_server(server_id, EN).startswith(f"Server `{server_id}` is awake again")
+    assert servers.get(server_id).state == "READY"

@@ -25,6 +25,7 @@ CSS = """
 .state { padding: 2px 10px; border-radius: 10px; font-size: 0.9em; }
 .state-ready { background: #d1fae5; color: #065f46; }
 .state-starting, .state-stopping { background: #fef3c7; color: #92400e; }
+.state-sleeping { background: #e0e7ff; color: #3730a3; }
 .state-failed, .state-lost, .state-unreachable { background: #fee2e2; color: #991b1b; }
 .state-stopped, .state-cancelled, .state-queued { background: #e5e7eb; color: #374151; }
 .state-running, .state-cancelling { background: #fef3c7; color: #92400e; }

@@ -31,7 +31,7 @@ CLIENT_CACHE = 16
 # Each has a catalog entry chat.errors.<kind> that explains it and shows the server's words.
 ERROR_KINDS = ("connection", "auth", "not_ready", "needs_parser", "not_found", "bad_request", "server", "timeout",
                "cancelled", "no_server", "bad_url", "step_limit", "stream_broken", "not_openai", "too_long",
-               "empty_reply")
+               "empty_reply", "asleep")
 # A conversation longer than this (about 100,000 tokens) fits no context the console's servers take: it is
 # refused with a message rather than sent (a 1 MB message used to come back as an empty reply).
 MAX_CONVERSATION_CHARS = 400_000
@@ -168,6 +168,8 @@ class ChatService:
         snap = self._servers.get(server_id) if server_id else self._servers.active()
         if snap is None:
             raise ChatError("no_server", "no active server: start one on the Serve tab or enter a URL")
+        if snap.state == ServerState.SLEEPING:  # Chat says how to wake it
+            raise ChatError("asleep", f"server {snap.id} is asleep")
         if snap.state != ServerState.READY:
             raise ChatError("not_ready", f"server {snap.id} is {snap.state}, not READY")
         key = self._servers.api_key(snap.id)
@@ -409,6 +411,8 @@ def classify(exc: BaseException, base_url: str) -> ChatError:
         message = error_message(exc.response)
         if status == 401:
             return ChatError("auth", message or "the API key was refused", status)
+        if status == 503 and "sleeping" in message.lower():  # LMDeploy after POST /sleep, until POST /wakeup
+            return ChatError("asleep", message, status)
         if status == 503:
             return ChatError("not_ready", message or "the server is not ready yet", status)
         if status == 404:

@@ -631,14 +631,16 @@ class CompareManager:
         return slept
 
     def _sleep(self, server_id: str) -> bool:
-        snap = self._servers.get(server_id)
-        if snap is None or snap.state != ServerState.READY.value:
+        try:
+            return not self._servers.sleep(server_id).error
+        except KeyError:
             return False
-        return post_control(snap.base_url, self._servers.api_key(server_id), "/sleep?level=1")
 
     def _wake(self, server_id: str) -> bool:
-        snap = self._servers.get(server_id)
-        return snap is not None and post_control(snap.base_url, self._servers.api_key(server_id), "/wakeup")
+        try:
+            return not self._servers.wake(server_id).error
+        except KeyError:
+            return False
 
     def _wake_all(self, slept: list[str], request: CompareRequest) -> None:
         for server_id in slept:
@@ -790,16 +792,6 @@ def _read_prompts(path: Path) -> list[Prompt]:
         data = json.loads(line)
         prompts.append(Prompt(str(data["id"]), tuple((m["role"], m["content"]) for m in data["messages"])))
     return prompts
-
-
-def post_control(base_url: str, key: str, path: str) -> bool:
-    """POST a control endpoint (`/sleep`, `/wakeup`); False where the server has none or refuses."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        # LMDeploy refuses these routes (422) unless the request says it is JSON, even with no fields
-        return httpx.post(base_url + path, json={}, headers=headers, timeout=30.0).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def kv_usage(client: httpx.Client, base_url: str, key: str = "") -> float | None:

@@ -15,6 +15,7 @@ class ServerState(str, enum.Enum):
 
     STARTING = "STARTING"
     READY = "READY"
+    SLEEPING = "SLEEPING"  # READY with its KV cache freed (LMDeploy's POST /sleep) until POST /wakeup
     UNREACHABLE = "UNREACHABLE"
     STOPPING = "STOPPING"
     STOPPED = "STOPPED"
@@ -22,7 +23,9 @@ class ServerState(str, enum.Enum):
     LOST = "LOST"
 
 
-LIVE_STATES = frozenset({ServerState.STARTING, ServerState.READY, ServerState.UNREACHABLE, ServerState.STOPPING})
+LIVE_STATES = frozenset({ServerState.STARTING, ServerState.READY, ServerState.SLEEPING, ServerState.UNREACHABLE,
+                         ServerState.STOPPING})
+AWAKE_OR_ASLEEP = frozenset({ServerState.READY, ServerState.SLEEPING})  # a sleeping engine's /health is 200 too
 _LIVE_VALUES = frozenset(s.value for s in LIVE_STATES)
 
 
@@ -61,7 +64,7 @@ def decide_server(state: ServerState, owned: bool, facts: ServerFacts) -> Server
         if state == ServerState.STOPPING:
             return ServerTransition(ServerState.STOPPED, "detached")
         if facts.health == 200:
-            return None if state == ServerState.READY else ServerTransition(ServerState.READY, "reachable")
+            return None if state in AWAKE_OR_ASLEEP else ServerTransition(ServerState.READY, "reachable")
         return None if state == ServerState.UNREACHABLE else ServerTransition(ServerState.UNREACHABLE, "unreachable")
     if not facts.alive:
         if state == ServerState.STOPPING:
@@ -71,7 +74,7 @@ def decide_server(state: ServerState, owned: bool, facts: ServerFacts) -> Server
         return ServerTransition(ServerState.FAILED, "failed")
     if state == ServerState.STOPPING:
         return None
-    if facts.health == 200 and state != ServerState.READY:
+    if facts.health == 200 and state not in AWAKE_OR_ASLEEP:
         return ServerTransition(ServerState.READY, "ready")
     if not facts.watched and state == ServerState.UNREACHABLE:
         return ServerTransition(ServerState.STARTING, "reattached")

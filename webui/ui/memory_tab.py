@@ -32,7 +32,7 @@ DEFAULT_GPU = str(next(iter(GPU_SIZES_MIB.values())))  # the 24 GB slice most us
 # Event kinds the chart's markers word from the catalog (memory.event.<kind>); others show as recorded.
 EVENT_KINDS = ("start", "started", "queued", "ready", "reachable", "unreachable", "stopped", "detached", "attached",
                "failed", "lost", "reattached", "cancelling", "cancelled", "succeeded", "spec_changed",
-               "memory_released", "memory_not_released")
+               "memory_released", "memory_not_released", "slept", "woke")
 OWNER_KEYS = MappingProxyType({"server": "memory.owner.server", "job": "memory.owner.job"})
 
 

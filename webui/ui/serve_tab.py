@@ -247,7 +247,7 @@ class ServeHandlers:
         return self._detail_markdown(snap, locale)
 
     def refresh(self, server_id: str | None, request: gr.Request, tick: bool = True) -> tuple[
-        pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button, gr.Button, gr.Button
+        pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button, gr.Button, gr.Button, gr.Button, gr.Button
     ]:
         """Timer tick: table, server choices, detail, log and the buttons that fit its state, from snapshots."""
         return (
@@ -259,27 +259,56 @@ class ServeHandlers:
         )
 
     def show_selected(self, server_id: str | None, request: gr.Request) -> tuple[
-        str, gr.Button, gr.Button, gr.Button, gr.Button
+        str, gr.Button, gr.Button, gr.Button, gr.Button, gr.Button, gr.Button
     ]:
         """A server was picked: its detail and the buttons that fit its state."""
         return (self.server_detail(server_id, request), *self.controls(server_id))
 
-    def controls(self, server_id: str | None) -> tuple[gr.Button, gr.Button, gr.Button, gr.Button]:
-        """Stop, Restart, Use in Chat and Remove, usable only where they mean something: Stop while the server
-        lives (also while STOPPING: it cancels a pending restart), Restart for a server started here, Use in
-        Chat when it is READY, Remove once it is down."""
+    def controls(self, server_id: str | None) -> tuple[gr.Button, gr.Button, gr.Button, gr.Button, gr.Button,
+                                                        gr.Button]:
+        """Stop, Restart, Use in Chat, Remove, Sleep and Wake, usable only where they mean something: Stop while
+        the server lives (also while STOPPING: it cancels a pending restart), Restart for a server started here,
+        Use in Chat and Sleep when it is READY, Remove once it is down, Wake when it sleeps."""
         snap = self.manager.get(server_id) if server_id else None
         live = snap is not None and is_live(snap.state)
+        ready = snap is not None and snap.state == ServerState.READY
         return (gr.Button(interactive=live), gr.Button(interactive=snap is not None and snap.owned),
-                gr.Button(interactive=snap is not None and snap.state == ServerState.READY),
-                gr.Button(interactive=snap is not None and not live))
+                gr.Button(interactive=ready), gr.Button(interactive=snap is not None and not live),
+                gr.Button(interactive=ready), gr.Button(interactive=snap is not None and
+                                                        snap.state == ServerState.SLEEPING))
+
+    def sleep_server(self, server_id: str | None, request: gr.Request) -> str:
+        """Free a READY server's KV cache (LMDeploy's POST /sleep); it keeps its process and port."""
+        return self._control(server_id, request, wake=False)
+
+    def wake_server(self, server_id: str | None, request: gr.Request) -> str:
+        """Give a sleeping server its KV cache back (POST /wakeup): READY again."""
+        return self._control(server_id, request, wake=True)
+
+    def _control(self, server_id: str | None, request: gr.Request, wake: bool) -> str:
+        locale = locale_of(request)
+        if not server_id:
+            return self.catalog.text("serve.msg.no_selection", locale)
+        try:
+            outcome = self.manager.wake(server_id) if wake else self.manager.sleep(server_id)
+        except KeyError:
+            return self.catalog.text("errors.unknown_server", locale, id=server_id)
+        if outcome.error:
+            params = {**outcome.params}
+            if "state" in params:
+                params["state"] = self.catalog.text(f"serve.state.{params['state']}", locale)
+                params["needs"] = self.catalog.text(f"serve.state.{params['needs']}", locale)
+            return self.catalog.text(outcome.error, locale, **params)
+        return self.catalog.text("serve.msg.woke" if wake else "serve.msg.slept", locale, id=server_id,
+                                 seconds=f"{outcome.seconds or 0:.2f}")
 
     def pick_from_table(self, table: pd.DataFrame, evt: gr.SelectData) -> str | None:
         """Clicking a row selects that server."""
         return picked_row(table, evt, column=1)
 
     def load_page(self, server_id: str | None, request: gr.Request) -> tuple[
-        gr.Dropdown, int, pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button, gr.Button, gr.Button
+        gr.Dropdown, int, pd.DataFrame, gr.Dropdown, str, str, gr.Button, gr.Button, gr.Button, gr.Button,
+        gr.Button, gr.Button
     ]:
         """demo.load: models, a free port and the current servers, so a reload shows the truth."""
         active = self.manager.active()
@@ -429,6 +458,9 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                 restart = gr.Button(i18n("serve.restart_button"), scale=1)
                 make_active = gr.Button(i18n("serve.active_button"), scale=1)
                 remove = gr.Button(i18n("serve.remove_button"), scale=1, size="sm")
+            with gr.Row():
+                sleep = gr.Button(i18n("serve.sleep_button"), scale=1, size="sm", elem_id="serve-sleep")
+                wake = gr.Button(i18n("serve.wake_button"), scale=1, size="sm", elem_id="serve-wake")
             message = gr.Markdown(elem_id="serve-message")
             detail = gr.Markdown(elem_id="serve-detail")
             log = gr.Textbox(label=i18n("serve.log.label"), lines=14, max_lines=LOG_LINES, autoscroll=True,
@@ -465,12 +497,14 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
     restart.click(handlers.restart_server, selected, message, api_name="restart_server",
                   concurrency_id="server_control")
     make_active.click(handlers.set_active_server, selected, message, api_name="set_active_server")
+    sleep.click(handlers.sleep_server, selected, message, api_name="sleep_server", concurrency_id="server_control")
+    wake.click(handlers.wake_server, selected, message, api_name="wake_server", concurrency_id="server_control")
     remove.click(handlers.remove_server, selected, message, api_name="remove_server").then(
         handlers.select_server, [touched, selected], selected, api_visibility="private")
     attach.click(handlers.attach_server, [attach_url, attach_key], [message, touched], api_name="attach_server").then(
         handlers.select_server, [touched, selected], selected, api_visibility="private")
     servers_table.select(handlers.pick_from_table, servers_table, selected, api_visibility="private")
-    controls = [stop, restart, make_active, remove]
+    controls = [stop, restart, make_active, remove, sleep, wake]
     selected.change(handlers.show_selected, selected, [detail, *controls], api_visibility="private", **quiet)
     timer.tick(handlers.refresh, selected, [servers_table, selected, detail, log, *controls],
                api_visibility="private", **quiet)

@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--cache-max-entry-count", type=float, default=0.8)
     parser.add_argument("--oom-above", type=float, default=0.0)
     args, _unknown = parser.parse_known_args()
-    blocks = int(256839 * args.cache_max_entry_count / 0.8 * POLICY_BLOCKS.get(args.quant_policy, 1.0))
+    blocks = round(256839 * args.cache_max_entry_count / 0.8 * POLICY_BLOCKS.get(args.quant_policy, 1.0))
 
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -435,20 +435,21 @@ class CompareHandlers:
         """Memory (x) against throughput at the highest level (y); perplexity as the marker's colour."""
         t = self.catalog.text
         xs, ys, colours, names = [], [], [], []
+        measured = [c for c in snap.configs if any(lv.get("output_tps") for lv in c.get("levels") or [])]
+        by_memory = bool(measured) and all(_held(c) for c in measured)  # one unit on the axis, never both
         for config in snap.configs:
             levels = [lv for lv in config.get("levels") or [] if lv.get("output_tps")]
-            memory = _held(config) or config.get("kv_tokens")
+            memory = _held(config) if by_memory else config.get("kv_tokens")
             if not levels or not memory:
                 continue
             top = max(levels, key=lambda lv: lv["concurrency"])
-            xs.append(memory / 2**30 if _held(config) else memory)
+            xs.append(memory / 2**30 if by_memory else memory)
             ys.append(top["output_tps"])
             ppl = (config.get("perplexity") or {}).get("perplexity")
             colours.append(ppl if ppl is not None else math.nan)
             names.append(str(config.get("label")))
         if not xs:
             return None
-        by_memory = any(_held(c) for c in snap.configs)
         marker: dict[str, Any] = {"size": 14}
         if not all(math.isnan(c) for c in colours):
             marker.update(color=colours, colorscale="Viridis", showscale=True,

@@ -71,6 +71,9 @@ async def one_request(client: httpx.AsyncClient, spec: LevelSpec, index: int, t0
                     message = err.get("message") if isinstance(err, dict) else err
                     return RequestRecord(index, start, time.monotonic() - t0, error=f"stream error: {message}"[:300])
                 for choice in chunk.get("choices") or ():
+                    if choice.get("finish_reason") in ("error", "abort"):  # the engine gave up on this request
+                        return RequestRecord(index, start, time.monotonic() - t0,
+                                             error=f"finish_reason {choice['finish_reason']}")
                     delta = choice.get("delta") or {}
                     if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
                         now = time.monotonic() - t0

@@ -123,7 +123,7 @@ def test_background_failures_reach_the_console_log_with_their_traceback(tmp_path
 
     state = tmp_path / "state"
     store = Store(state / "console.sqlite3")
-    store.insert_server(ServerRecord(id="future01", owned=True, spec_json="{}", state="SLEEPING",
+    store.insert_server(ServerRecord(id="future01", owned=True, spec_json="{}", state="HIBERNATING",
                                      base_url="http://127.0.0.1:9", created_at=time.time()))
     store.close()
     port = suggest_port(19960)

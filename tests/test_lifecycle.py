@@ -118,7 +118,7 @@ def test_a_broken_row_is_reported_once_and_never_stops_the_others(settings: Sett
         services.store.insert_server(ServerRecord(id="nopid001", owned=True, spec_json="{not json",
                                                   state="STARTING", base_url="http://127.0.0.1:9",
                                                   created_at=time.time()))
-        services.store.insert_server(ServerRecord(id="future01", owned=True, spec_json="{}", state="SLEEPING",
+        services.store.insert_server(ServerRecord(id="future01", owned=True, spec_json="{}", state="HIBERNATING",
                                                   base_url="http://127.0.0.1:9", created_at=time.time()))
         healthy = services.servers.start(spec_for(model_root)).server
         assert services.servers.wait_for(healthy.id, TERMINAL, 30).state == "READY"

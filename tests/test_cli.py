@@ -138,7 +138,7 @@ def test_background_failures_reach_the_console_log_with_their_traceback(tmp_path
             time.sleep(0.2)
         text = log.read_text()
         assert "server_monitor: future01 failed" in text and "Traceback" in text
-        assert "'SLEEPING' is not a valid ServerState" in text
+        assert "'HIBERNATING' is not a valid ServerState" in text
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.request("GET", "/")
         assert conn.getresponse().status == 200

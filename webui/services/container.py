@@ -13,7 +13,6 @@ from webui.services.gpu import GpuProbe, GpuSampler
 from webui.services.memory import MemoryService
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessSupervisor
-from webui.services.proxy import ProxyManager
 from webui.services.quantize import JobArgv, JobManager
 from webui.services.secrets import SecretStore
 from webui.services.serve import ArgvFactory, ServerManager
@@ -40,7 +39,6 @@ class Services:
     tool_loop: ToolLoop
     memory: MemoryService
     compare: CompareManager
-    proxy: ProxyManager
     _closed: bool = field(default=False, init=False, repr=False)
 
     @classmethod
@@ -78,8 +76,7 @@ class Services:
                                  gpu_busy=lambda: any(j.state == "RUNNING" and j.device != "cpu"
                                                       for j in jobs.snapshots()))
         return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, downloads, demos, chat,
-                   ToolLoop(chat), memory, compare, ProxyManager(store, supervisor, secrets, servers,
-                                                                settings.state_dir, python))
+                   ToolLoop(chat), memory, compare)
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""
@@ -89,7 +86,6 @@ class Services:
         keep = self.settings.keep_servers if keep_servers is None else keep_servers
         self.chat.close()
         self.compare.shutdown()
-        self.proxy.shutdown(keep_running=keep)
         self.jobs.shutdown()
         self.downloads.shutdown()
         self.servers.shutdown(keep_running=keep)

@@ -43,6 +43,7 @@ from webui.services.load import (
     LevelSpec,
     LevelStats,
     RequestRecord,
+    bearer,
     read_records,
     summarize,
     worker_argv,
@@ -387,7 +388,7 @@ class CompareManager:
             self._finish(compare_id, JobState.FAILED, f"{type(exc).__name__}: {exc}")
             return
         finally:
-            self._wake_all(slept, request)
+            self._wake_all(slept)
         if self._closing.is_set() and not self._is_cancelling(compare_id):
             return  # the console is closing: the next one continues this run
         if cancel.is_set() or self._is_cancelling(compare_id):
@@ -572,7 +573,7 @@ class CompareManager:
                  cancel: threading.Event) -> list[str]:
         """The first prompts' greedy replies, shown side by side (not timed)."""
         answers = []
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = bearer(key)
         with httpx.Client(base_url=base_url, headers=headers, timeout=120.0) as client:
             for prompt in prompts[:request.answers]:
                 if cancel.is_set():
@@ -621,8 +622,6 @@ class CompareManager:
     # sleep and wake -------------------------------------------------------------------------------------
     def _sleep_reused(self, compare_id: str, request: CompareRequest) -> list[str]:
         """Put every reused READY server to sleep for the run, so each configuration sees the same free memory."""
-        if len(request.configs) < 2:
-            return []
         slept = []
         for config in request.configs:
             if config.server_id and self._sleep(config.server_id):
@@ -642,7 +641,7 @@ class CompareManager:
         except KeyError:
             return False
 
-    def _wake_all(self, slept: list[str], request: CompareRequest) -> None:
+    def _wake_all(self, slept: list[str]) -> None:
         for server_id in slept:
             self._wake(server_id)
 
@@ -796,7 +795,7 @@ def _read_prompts(path: Path) -> list[Prompt]:
 
 def kv_usage(client: httpx.Client, base_url: str, key: str = "") -> float | None:
     """The KV pool's use (0..1) from LMDeploy's `/metrics`, None where the server does not expose it."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = bearer(key)
     try:
         resp = client.get(base_url + "/metrics", headers=headers)
     except httpx.HTTPError:
@@ -844,7 +843,7 @@ def get_ppl(base_url: str, key: str, text: str) -> dict[str, Any]:
     Chinese character is several tokens, an English word often one); otherwise as text, weighted by characters.
     Shown as exp(); "not available" where the server has no /get_ppl.
     """
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = bearer(key)
     pieces = text_chunks(text)
     total, weight = 0.0, 0
     with httpx.Client(timeout=300.0, headers=headers) as client:

@@ -47,6 +47,11 @@ class LevelSpec:
         return cls(**data)
 
 
+def bearer(key: str) -> dict[str, str]:
+    """The Authorization header of a server's API key (none without one)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def worker_argv(spec_path: Path, out_path: Path, python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "webui.workers.load_worker", str(spec_path), str(out_path)]
 

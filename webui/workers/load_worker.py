@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from webui.services.load import API_KEY_ENV, LevelSpec, RequestRecord
+from webui.services.load import API_KEY_ENV, LevelSpec, RequestRecord, bearer
 
 
 def _body(spec: LevelSpec, messages: tuple[dict[str, str], ...]) -> dict[str, Any]:
@@ -96,7 +96,7 @@ async def one_request(client: httpx.AsyncClient, spec: LevelSpec, index: int, t0
 
 async def run_level(spec: LevelSpec, out: TextIO | None = None, api_key: str = "") -> list[RequestRecord]:
     """The warm-up (not recorded), then every request with at most `concurrency` in flight."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = bearer(api_key)
     limits = httpx.Limits(max_connections=spec.concurrency + 1, max_keepalive_connections=spec.concurrency + 1)
     timeout = httpx.Timeout(spec.timeout_s, connect=10.0)
     records: list[RequestRecord] = []

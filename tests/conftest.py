@@ -7,17 +7,20 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import types
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import psutil
 import pytest
 
 from tests.tiny_model import build_tiny_model
@@ -74,13 +77,14 @@ def settings(tmp_path: Path, model_root: Path) -> Settings:
     return Settings(
         state_dir=tmp_path / "state",
         model_roots=(model_root,),
+        cuda_visible_devices=None,  # whatever the shell running the tests limits, the console under test has none
     )
 
 
 @pytest.fixture
 def bare_settings(tmp_path: Path) -> Settings:
     """Settings without a model, for tests that start nothing from one (they skip building the tiny model)."""
-    return Settings(state_dir=tmp_path / "state")
+    return Settings(state_dir=tmp_path / "state", cuda_visible_devices=None)
 
 
 def fake_argv_factory(*extra: str):
@@ -218,6 +222,9 @@ def _wait_for_models(proc: subprocess.Popen, base_url: str, key: str, log: Path)
     pytest.fail(f"llama.cpp server not up in 120 s: {log.read_text()[-2000:]}")
 
 
+STAND_IN_UUIDS = ("GPU-0a1b2c3d-0000-1111-2222-333344445555", "GPU-9f8e7d6c-0000-1111-2222-333344445555")
+
+
 class StandInNvml(types.ModuleType):
     """Answers like pynvml for machines without a GPU (the one fake this project has: NVML cannot exist
     here). Tests set `procs` and `used`; the real NVML path runs in scripts/gpu_check.py on a GPU."""
@@ -242,6 +249,9 @@ class StandInNvml(types.ModuleType):
 
     def nvmlDeviceGetName(self, h: int) -> bytes | str:  # noqa: N802
         return b"NVIDIA A100-SXM4-80GB" if h == 0 else "GRID A100-24C"
+
+    def nvmlDeviceGetUUID(self, h: int) -> bytes | str:  # noqa: N802
+        return STAND_IN_UUIDS[h].encode() if h == 0 else STAND_IN_UUIDS[h]
 
     def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:  # noqa: N802
         self.calls += 1
@@ -274,3 +284,36 @@ def stand_in_nvml(monkeypatch: pytest.MonkeyPatch) -> StandInNvml:
     nvml = StandInNvml()
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     return nvml
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll `check` until it returns something true (returned), or fail naming what never came."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1 (some containers have no IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A port the OS has just given out on the loopback (free now; a test binds it soon after)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def children() -> set[int]:
+    """The pids below this test process: what a refused request must not have added."""
+    return {p.pid for p in psutil.Process().children(recursive=True)}

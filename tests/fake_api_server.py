@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -218,7 +219,14 @@ def main() -> None:
         def log_message(self, fmt: str, *fargs: object) -> None:
             print(f'INFO:     {self.client_address[0]} - "{fmt % fargs}"', flush=True)
 
-    server = ThreadingHTTPServer((args.server_name, args.server_port), Handler)
+    server_class = ThreadingHTTPServer
+    if ":" in args.server_name:  # an IPv6 address, as uvicorn binds it
+
+        class ServerV6(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        server_class = ServerV6
+    server = server_class((args.server_name, args.server_port), Handler)
     print("INFO:     Application startup complete.", flush=True)
     print(f"INFO:     Uvicorn running on http://{args.server_name}:{args.server_port} (Press CTRL+C to quit)",
           flush=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psutil
 import pytest
 from gradio_client import Client
 
+from tests.conftest import children
 from tests.test_scripting import client  # noqa: F401 - the launched console (stand-in api_server), a fixture
 from webui.services.quantize_spec import sample_corpus
 from webui.services.serve_spec import suggest_port
@@ -86,6 +86,13 @@ def test_one_field_given_the_rest_defaulted_and_the_request_still_injected(clien
     model = str(model_root / "tiny llama; echo pwned")
     command, status = api.predict(model_path=model, tp=2, api_name="/preview_command")
     assert "--tp 2" in command and "--backend turbomind" in command
+    command, _ = api.predict(model_path=model, gpus=1, api_name="/preview_command")  # a number is a list of one
+    assert command.startswith("CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=1 lmdeploy serve api_server ")
+    command, _ = api.predict(model_path=model, backend="pytorch", tp=2, gpus="0,1", executor="mp",
+                             api_name="/preview_command")
+    assert "CUDA_VISIBLE_DEVICES=0,1 " in command and "--distributed-executor-backend mp" in command
+    command, _ = api.predict(model_path=model, backend="pytorch", tp=2, gpus=[1, 0], api_name="/preview_command")
+    assert command.startswith("CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=1,0 lmdeploy"), (command, _)
     zh = Client(api.src, headers={"Accept-Language": "zh-CN,zh;q=0.9"}, verbose=False)
     try:
         _, status = zh.predict(model_path=model, port="abc", api_name="/preview_command")
@@ -116,8 +123,6 @@ def test_the_form_takes_components_by_name_and_values_as_sent() -> None:
     assert [(e.field, e.key) for e in files.errors] == [("calib_files", "errors.path_too_long")]
 
 
-def children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def test_bad_values_are_refused_by_field(client, model_root: Path) -> None:  # noqa: F811
@@ -134,6 +139,9 @@ def test_bad_values_are_refused_by_field(client, model_root: Path) -> None:  # n
         ({"model_path": "/" + "m" * 100_000}, "Model", "too long"),
         ({"host": "not a host!"}, "Listen address", "not an IP address or host name"),
         ({"model_name": "tiny\x00"}, "Served model name", "NUL"),
+        ({"gpus": "0,0"}, "GPUs", "names a GPU twice"),
+        ({"gpus": ["0"]}, "GPUs", "not a list"),
+        ({"executor": "fast"}, "Executor (tp > 1, PyTorch)", "is not one of"),
     ):
         message, server_id, _ = api.predict(**{**serve, **change}, api_name="/start_server")
         assert server_id == "" and f"**{label}**" in message and words in message, (change, message[:300])

@@ -20,6 +20,21 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 TIMEOUT_MS = 60_000  # generous: CI machines have 2 cores shared with the servers and jobs under test
 
 
+def set_text(page, elem_id: str, value: str) -> None:
+    """Type into a form field by its elem_id and leave it (Tab), so its change event fires."""
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def expect_rows(page, elem_id: str, count: int) -> None:
+    """A Dataframe's data rows, counted the way it tells assistive technology (the header is row 1)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(f"#{elem_id} [role=grid]")).to_have_attribute("aria-rowcount", str(count + 1),
+                                                                      timeout=TIMEOUT_MS)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Console, fake_argv_factory, launched_console, place_model
-from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401 - the shared Chromium fixture
+from tests.test_browser import TIMEOUT_MS, browser, expect_rows, set_text  # noqa: F401 - the shared Chromium fixture
 from webui.i18n.catalog import Catalog
 from webui.settings import Settings
 
@@ -58,20 +58,6 @@ def set_number(page, elem_id: str, value: int | str) -> None:
     box = page.locator(f"#{elem_id} input")
     box.fill(str(value))
     box.press("Tab")
-
-
-def set_text(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(value)
-    box.press("Tab")
-
-
-def expect_rows(page, elem_id: str, count: int) -> None:
-    """A Dataframe's data rows, counted the way it tells assistive technology (the header is row 1)."""
-    from playwright.sync_api import expect
-
-    expect(page.locator(f"#{elem_id} [role=grid]")).to_have_attribute("aria-rowcount", str(count + 1),
-                                                                      timeout=TIMEOUT_MS)
 
 
 def spec(model: Path, label: str, kv_policy: str = "none", fraction: float = 0.4) -> dict:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL_NAME, fake_argv_factory, launched_console
+from tests.conftest import MODEL_NAME, fake_argv_factory, free_port, launched_console
 from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401 - the shared Chromium fixture
 from webui.services.serve_spec import ServerSpec
 from webui.settings import Settings
@@ -27,10 +26,6 @@ WORDS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL_NAME, fake_argv_factory, smollm2_gguf
+from tests.conftest import MODEL_NAME, StandInNvml, fake_argv_factory, smollm2_gguf, wait_until
 from webui.services.compare import (
     CompareConfig,
     CompareManager,
@@ -33,6 +33,7 @@ from webui.services.container import Services
 from webui.services.job_states import JobState
 from webui.services.lifecycle import handle_of
 from webui.services.load import LevelSpec, RequestRecord, percentile, read_records, summarize
+from webui.services.quantize_spec import AwqSpec
 from webui.services.serve_spec import ServerSpec, suggest_port
 from webui.services.server_states import ServerState
 from webui.services.workload import quality_text
@@ -55,14 +56,6 @@ def is_sleeping(base_url: str) -> bool:
         return bool(json.loads(resp.read())["is_sleeping"])
 
 
-def wait_until(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -152,7 +145,10 @@ def test_cancel_mid_run_stops_the_load_and_the_server(compare_services: Services
 
 def test_a_reused_server_sleeps_while_the_others_run_and_wakes_after(compare_services: Services,
                                                                         settings: Settings):
-    started = compare_services.servers.start(spec(settings, "none", 0.3))
+    # its own free port: LMDeploy's default may still be held by the previous test's server on its way out
+    started = compare_services.servers.start(replace(spec(settings, "none", 0.3),
+                                                     port=compare_services.servers.suggest_port()))
+    assert started.server is not None, started.errors
     mine = compare_services.servers.wait_for(started.server.id, {ServerState.READY.value}, 60)
     request = CompareRequest(configs=(CompareConfig(label="mine", server_id=mine.id), config(settings, "int8")),
                              concurrency=(1,), requests_per_level=200, max_new_tokens=16, answers=0,
@@ -261,10 +257,16 @@ def test_bad_requests_are_refused_with_the_field_named(compare_services: Service
 
 def test_refused_while_a_quantization_job_holds_the_gpu(compare_services: Services, settings: Settings):
     services = compare_services
+    held: set[int] = {0}  # the GPUs a quantization job runs on
     busy = CompareManager(services.store, services.supervisor, services.servers, services.memory.sampler,
-                          services.roots, settings.jobs_dir, gpu_busy=lambda: True)
-    errors = busy.submit(CompareRequest(configs=(config(settings), config(settings, "int8"))))
-    assert [e.key for e in errors] == ["compare.err.gpu_job"] and busy.snapshots() == []
+                          services.roots, settings.jobs_dir, gpu_busy=lambda gpus: sorted(gpus & held))
+    errors = busy.submit(CompareRequest(configs=(config(settings), config(settings, "int8"))))  # GPU 0: tp 1
+    assert [(e.key, e.params) for e in errors] == [("compare.err.gpu_job", {"gpus": "0"})]
+    assert busy.snapshots() == []
+    held.clear()
+    held.add(1)  # a job on GPU 1 distorts nothing on GPU 0: the request is read on (and refused for its order)
+    unsorted = CompareRequest(configs=(config(settings), config(settings, "int8")), concurrency=(8, 1))
+    assert [e.key for e in busy.submit(unsorted)] == ["compare.err.levels_order"] and busy.snapshots() == []
 
 
 def test_one_comparison_at_a_time(compare_services: Services, settings: Settings):
@@ -373,3 +375,37 @@ def test_level_spec_round_trip_and_a_cut_record_file(tmp_path: Path):
     path.write_text(json.dumps({"index": 0, "start": 0, "end": 1, "ttft": 0.1, "last_token": 1,
                                 "output_tokens": 2}) + "\n{\"index\": 1, \"sta", encoding="utf-8")
     assert [r.index for r in read_records(path)] == [0]
+
+
+# --- placement: a quantization job on another GPU ------------------------------------------------------------
+STAND_IN_AWQ = Path(__file__).resolve().parent / "stand_in_awq_worker.py"
+
+
+def test_a_job_blocks_only_a_comparison_on_its_gpu_and_its_memory_is_not_counted(
+        settings: Settings, stand_in_nvml: StandInNvml) -> None:
+    """Two GPUs (NVML stand-in); a real stand-in AWQ worker RUNNING on GPU 1, through the console's own wiring."""
+    services = Services.build(settings, argv_factory=fake_argv_factory(),
+                              job_argv=lambda job_file: [sys.executable, str(STAND_IN_AWQ), str(job_file), "60", "0"])
+    try:
+        job = services.jobs.submit(AwqSpec(model_path=str(settings.model_roots[0] / MODEL_NAME), calib_source="none",
+                                           device="cuda", gpu=1, dtype="float16"))
+        assert job.errors == () and job.job is not None, job.errors
+        services.jobs.wait_for(job.job.id, {"RUNNING"}, 20)
+        on_1 = CompareRequest(configs=(CompareConfig(spec=replace(spec(settings), gpus=(1,))),
+                                       CompareConfig(spec=replace(spec(settings, "int8"), gpus=(1,)))))
+        assert [(e.key, e.params) for e in services.compare.submit(on_1)] == [("compare.err.gpu_job", {"gpus": "1"})]
+        on_0 = CompareRequest(configs=(config(settings), config(settings, "int8")), concurrency=(8, 1))  # GPU 0
+        assert [e.key for e in services.compare.submit(on_0)] == ["compare.err.levels_order"]  # read on: not busy
+
+        started = services.servers.start(replace(spec(settings), gpus=(0,), port=suggest_port(24400)))
+        assert started.server is not None, started.errors
+        services.servers.wait_for(started.server.id, {ServerState.READY.value}, 60)
+        since = time.time()
+        stand_in_nvml.used = {0: 3 << 30, 1: 40 << 30}  # the job's 40 GiB sit on GPU 1
+        services.memory.sampler.tick()
+        peak = services.compare._peak_memory(started.server.id, since - 0.01)
+        assert peak["peak_gpu_bytes"] == 3 << 30  # GPU 0's alone (both GPUs would read 43 GiB)
+    finally:
+        for snap in services.jobs.snapshots():
+            services.jobs.cancel(snap.id)
+        services.close()

@@ -9,12 +9,13 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import place_model
+from tests.conftest import STAND_IN_UUIDS, StandInNvml, place_model
 from tests.hub_endpoint import HubEndpoint
 from webui.services.container import Services
 from webui.services.downloads import DownloadRequest, partial_of
@@ -39,7 +40,8 @@ def hub(tmp_path: Path, tiny_model_dir: Path) -> Iterator[HubEndpoint]:
 
 @pytest.fixture
 def hub_settings(tmp_path: Path, hub: HubEndpoint) -> Settings:
-    return Settings(state_dir=tmp_path / "state", hub_endpoint=hub.url, hf_cache_dir=tmp_path / "hf-cache")
+    return Settings(state_dir=tmp_path / "state", hub_endpoint=hub.url, hf_cache_dir=tmp_path / "hf-cache",
+                    cuda_visible_devices=None)
 
 
 @pytest.fixture
@@ -402,3 +404,16 @@ def test_cancel_in_the_cache_removes_its_blobs_and_no_snapshot_appears(services:
     services.downloads.cancel(download_id, keep_partial=False)
     assert services.downloads.wait_for(download_id, {"CANCELLED", "SUCCEEDED", "FAILED"}, 20).state == "CANCELLED"
     assert [p.name for p in (repo_dir / "blobs").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_the_gpu_verdict_is_for_the_first_gpu_the_console_may_use(hub_settings: Settings, hub: HubEndpoint,
+                                                                   stand_in_nvml: StandInNvml) -> None:
+    """Two GPUs (NVML stand-in: an 80 GB A100 and a 24 GB slice); the console was limited to the second."""
+    for limit, expected in ((None, "NVIDIA A100-SXM4-80GB"), (STAND_IN_UUIDS[1], "GRID A100-24C")):
+        services = Services.build(replace(hub_settings, cuda_visible_devices=limit))
+        try:
+            preview = services.downloads.preview(DownloadRequest(REPO))
+            assert not isinstance(preview, list), preview
+            assert preview.gpu_verdict["gpu"] == expected
+        finally:
+            services.close()

@@ -16,13 +16,17 @@ from webui.services.compare import CONFIG_SOURCES, CONFIG_STATUSES
 from webui.services.container import Services
 from webui.services.demos import OUTCOMES as DEMO_OUTCOMES
 from webui.services.demos import DemoSpec
+from webui.services.proxy import ProxySpec
 from webui.services.quantize import JobState
 from webui.services.quantize_spec import AwqSpec
+from webui.services.ray_cluster import RayClusterSpec
 from webui.services.serve import ServerState
 from webui.services.serve_log import HINT_PATTERNS, PHASE_KEYS
 from webui.services.serve_spec import ServerSpec
 from webui.services.tool_loop import PRESETS
 from webui.ui.compare_tab import QUALITY_SOURCES
+from webui.ui.fleet_tab import COLUMNS as FLEET_COLUMNS
+from webui.ui.fleet_tab import RAY_COLUMNS
 from webui.ui.memory_tab import EVENT_KINDS
 
 SOURCES = Path(__file__).resolve().parent.parent / "webui"
@@ -96,6 +100,11 @@ def test_every_key_the_ui_uses_exists_and_every_key_is_used(fake_services: Servi
     used |= {f"demos.col.{c}" for c in ("state", "server", "title", "guests", "requests", "tokens", "refused")}
     used |= {f"demos.audit.{c}" for c in ("at", "guest", "outcome", "tokens", "ttft", "text")}
     used |= {f"demos.{name}.label" for name in DemoSpec.__dataclass_fields__}
+    used |= {f"fleet.col.{c}" for c in FLEET_COLUMNS}
+    used |= {f"fleet.{name}.label" for name in ProxySpec.__dataclass_fields__}
+    used |= {f"fleet.ray.col.{c}" for c in RAY_COLUMNS}
+    ray_fields = (*RayClusterSpec.__dataclass_fields__, "address", "python", "cluster")
+    used |= {f"fleet.ray.{name}.label" for name in ray_fields}
     for path in SOURCES.rglob("*.py"):
         used |= set(KEY_LITERAL.findall(path.read_text(encoding="utf-8")))
     unused = catalog.keys() - used

@@ -32,7 +32,7 @@ def roots(model_root: Path, outputs: Path) -> ModelRoots:
 
 
 def check(spec: AwqSpec, roots: ModelRoots, outputs: Path, **kw: object) -> CheckedAwq | list:
-    kw.setdefault("gpu_count", 1)
+    kw.setdefault("usable_gpus", 1)
     kw.setdefault("hub_online", False)
     return check_awq(spec, roots, outputs, **kw)
 
@@ -120,7 +120,7 @@ def test_offline_hub_dataset_is_refused(model: Path, roots: ModelRoots, outputs:
 def test_bad_fields_are_named(model: Path, roots: ModelRoots, outputs: Path, change: dict, field: str,
                               key: str) -> None:
     spec = replace(AwqSpec(model_path=str(model), calib_source="none", device="cpu"), **change)
-    assert refused(spec, roots, outputs, gpu_count=0, bf16_ok=False).get(field) == key
+    assert refused(spec, roots, outputs, usable_gpus=0, bf16_ok=False).get(field) == key
 
 
 def test_bf16_on_an_old_gpu_is_refused(model: Path, roots: ModelRoots, outputs: Path) -> None:

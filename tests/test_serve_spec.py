@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ipv6_loopback
 from webui.services.models import ModelRoots, read_model_info
 from webui.services.serve_spec import (
     CheckedSpec,
@@ -47,7 +48,7 @@ def errors_of(spec: ServerSpec, roots: ModelRoots, gpus: int | None = 1) -> dict
 
 
 def test_good_spec_passes_and_keeps_odd_path_as_one_argument(good: ServerSpec, roots: ModelRoots) -> None:
-    checked = check_spec(good, roots, gpu_count=1)
+    checked = check_spec(good, roots, usable_gpus=1)
     assert isinstance(checked, CheckedSpec)
     argv = build_argv(checked, sys.executable)
     assert argv[:5] == [sys.executable, "-m", "lmdeploy", "serve", "api_server"]
@@ -206,3 +207,31 @@ def test_spec_json_round_trip(good: ServerSpec) -> None:
     spec = replace(good, api_keys=("a", "b"))
     assert ServerSpec.from_json_dict(spec.to_json_dict()) == spec
     assert ServerSpec.from_json_dict({**spec.to_json_dict(), "future_field": 1}) == spec
+
+
+def test_a_taken_port_and_a_foreign_host_are_told_apart(good: ServerSpec, roots: ModelRoots) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert errors_of(replace(good, port=port), roots) == {"port": "errors.port_in_use"}
+    # TEST-NET-1 is no address of this machine: nothing could listen there, whatever the port
+    foreign = replace(good, host="192.0.2.1", api_keys=("sk-1",))
+    assert errors_of(foreign, roots) == {"host": "errors.host_not_here"}
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_ipv6_addresses_are_bound_as_ipv6(good: ServerSpec, roots: ModelRoots) -> None:
+    for host in ("::1", "[::1]"):
+        checked = check_spec(replace(good, host=host), roots, 1)
+        assert isinstance(checked, CheckedSpec), checked
+        argv = build_argv(checked, sys.executable)
+        assert argv[argv.index("--server-name") + 1] == "::1"  # uvicorn binds an address, not a URL's host
+        assert checked.spec.base_url == f"http://[::1]:{good.port}"
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        in_use = replace(good, host="::1", port=taken.getsockname()[1])
+        assert errors_of(in_use, roots) == {"port": "errors.port_in_use"}
+    for foreign in ("2001:db8::1", "fe80::dead:beef"):  # documentation prefix; link-local without its %interface
+        assert errors_of(replace(good, host=foreign, api_keys=("sk-1",)), roots) == {"host": "errors.host_not_here"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import FAKE_SERVER, fake_argv_factory
+from tests.conftest import FAKE_SERVER, fake_argv_factory, ipv6_loopback
 from webui.services.container import Services
 from webui.services.serve import ServerState, normalize_base_url
 from webui.services.serve_spec import ServerSpec, suggest_port
@@ -213,3 +213,15 @@ def test_base_urls_are_normalized(raw: str, expected: str) -> None:
 def test_bad_base_urls_are_refused(raw: str) -> None:
     with pytest.raises(ValueError):
         normalize_base_url(raw)
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_a_server_on_the_ipv6_loopback_gets_ready_and_answers(fake_services: Services, model_root: Path) -> None:
+    manager = fake_services.servers
+    outcome = manager.start(spec_for(model_root, host="::1", model_name="tiny-v6"))
+    assert outcome.errors == () and outcome.server is not None
+    ready = manager.wait_for(outcome.server.id, TERMINAL, timeout_s=30)
+    assert ready.state == "READY", manager.log(outcome.server.id)
+    assert ready.base_url == f"http://[::1]:{ready.port}" and ready.model_id == "tiny-v6"  # read over IPv6
+    manager.stop(ready.id)
+    assert manager.wait_for(ready.id, {"STOPPED"}, 15).state == "STOPPED"

@@ -7,16 +7,20 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import MODEL_NAME
+from webui.i18n.catalog import Catalog
 from webui.services.chat import ChatError, SamplingParams
 from webui.services.container import Services
 from webui.services.serve import READY_RECHECK_S
 from webui.services.serve_spec import ServerSpec
 from webui.services.server_states import ServerState
 from webui.settings import Settings
+from webui.ui.chat_tab import ChatHandlers
+from webui.ui.target_picker import OTHER_URL, TargetHandlers
 
 READY, SLEEPING = ServerState.READY.value, ServerState.SLEEPING.value
 
@@ -89,3 +93,22 @@ def test_a_server_without_sleep_refuses_by_name(chat_server, bare_settings: Sett
         assert services.servers.get(attached.id).state == READY
     finally:
         services.close()
+
+
+def test_chat_offers_wake_for_an_asleep_server(fake_services: Services, settings: Settings) -> None:
+    """The Chat tab's handlers: the send that met the 503 is followed by a Wake button, which wakes the server from
+    there; no button for a server that is awake, for another URL, or for a server that is gone."""
+    catalog = Catalog.load()
+    handlers = ChatHandlers(fake_services.chat, TargetHandlers(fake_services.chat, fake_services.servers, catalog),
+                            catalog)
+    zh = SimpleNamespace(headers={"accept-language": "zh-CN,zh;q=0.9"})
+    server_id = start_ready(fake_services, settings)
+    assert handlers.offer_wake(server_id).visible is False
+    assert handlers.offer_wake(OTHER_URL).visible is False and handlers.offer_wake("gone").visible is False
+    fake_services.servers.sleep(server_id)
+    assert handlers.offer_wake(server_id).visible is True
+    text, button = handlers.wake_target(server_id, zh)  # type: ignore[arg-type]
+    assert button.visible is False and server_id in text and "唤醒" in text, text
+    assert fake_services.servers.get(server_id).state == READY and chat_once(fake_services, server_id)
+    text, button = handlers.wake_target(server_id, zh)  # awake already: the refusal, in the page's words
+    assert text.startswith("⚠") and button.visible is True and "errors.server_state" not in text

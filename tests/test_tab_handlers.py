@@ -31,7 +31,7 @@ from webui.settings import Settings
 from webui.ui.chat_tab import ChatHandlers, empty_state
 from webui.ui.memory_tab import MemoryHandlers
 from webui.ui.quantize_tab import QuantizeHandlers
-from webui.ui.serve_tab import ServeHandlers
+from webui.ui.serve_tab import SERVE_FORM, ServeHandlers
 from webui.ui.target_picker import OTHER_URL, TargetHandlers
 from webui.ui.tools_tab import ToolsHandlers
 
@@ -147,7 +147,8 @@ def test_a_conversation_renders_as_chatbot_messages_with_a_numbers_line_per_repl
     yields = reply(chat, two_servers.first, state1, chatbot1)
     assert (chatbot1, state1) == before
     answers = [y[0][-1]["content"] for y in yields]
-    assert len(yields) > 2 and answers[-1], answers
+    # the first words at once, then at most 20 redraws a second, and the whole reply last (the stand-in is quick)
+    assert len(yields) >= 2 and answers[0] and answers[-1] and len(answers[0]) < len(answers[-1]), answers
     assert all(answers[-1].startswith(partial) for partial in answers)  # each yield carries the text so far
     chatbot2, state2, stats2, notice2 = yields[-1]
     assert chatbot2 == [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": answers[-1]}]
@@ -300,13 +301,14 @@ def test_the_serve_table_and_detail_for_every_live_state_and_a_spawn_failure(
     for request, locale in ((EN, "en"), (ZH, "zh")):
         table = handlers.list_servers(request)
         assert list(table.columns) == [t(f"serve.col.{c}", locale)
-                                       for c in ("active", "id", "state", "model", "config", "uptime")]
+                                       for c in ("active", "id", "state", "model", "config", "gpus", "uptime")]
         rows = rows_by_id(table, t("serve.col.id", locale))
         assert {i: row[t("serve.col.state", locale)] for i, row in rows.items()} == {
             i: t(f"serve.state.{state}", locale) for i, state in states.items()}
         assert [i for i, row in rows.items() if row[t("serve.col.active", locale)] == "★"] == [ready]
         assert rows[ready][t("serve.col.config", locale)].startswith(f"{servers.get(ready).backend} · KV ")
         assert rows[ready][t("serve.col.model", locale)] == "tiny llama; echo pwned"  # a path shows its folder
+        assert rows[ready][t("serve.col.gpus", locale)] == t("serve.msg.all_gpus", locale)  # none chosen
 
         details = {i: handlers.server_detail(i, request) for i in states}
         for server_id, state in states.items():
@@ -328,6 +330,55 @@ def test_the_serve_table_and_detail_for_every_live_state_and_a_spawn_failure(
     assert handlers.server_detail(broken, EN) != handlers.server_detail(broken, ZH)
     assert "/no/such/python" in handlers.server_log(broken)
     assert servers.wait_for(stubborn, {"STOPPED"}, 15).state == "STOPPED"
+
+
+def test_the_serve_form_places_a_server_on_its_gpus(serve_services: Services, model_root: Path,
+                                                    catalog: Catalog) -> None:
+    """GPUs and executor: their errors name their fields, the preview shows the environment and the executor, the
+    table shows each server's GPUs. (No NVML here: which GPUs exist is not known, so only the shape is checked.)"""
+    handlers = ServeHandlers(serve_services.servers, serve_services.roots, catalog)
+    base = {"model_path": str(model_root / "tiny llama; echo pwned"), "port": serve_services.servers.suggest_port()}
+
+    def preview(request: Any = EN, **values: object) -> tuple[str, str]:
+        return handlers.preview_command(SERVE_FORM.parse({**base, **values}), request)
+
+    for values, field, key in (({"gpus": "0,0"}, "gpus", "errors.gpus_repeated"),
+                               ({"gpus": "zero"}, "gpus", "errors.gpus_syntax"),
+                               ({"gpus": "0,1"}, "gpus", "errors.gpus_tp"),
+                               ({"executor": "fast"}, "executor", "errors.choice")):
+        form = SERVE_FORM.parse({**base, **values})
+        assert [(e.field, e.key) for e in handlers.problems(form)] == [(field, key)], values
+        for request, locale in ((EN, "en"), (ZH, "zh")):
+            _, status = preview(request, **values)
+            label = catalog.text(f"serve.{field}.label", locale)
+            assert f"- **{label}**: " in status, status
+        message, server_id, _ = handlers.start_server(form, EN)
+        assert server_id == "" and f"**{catalog.text(f'serve.{field}.label', 'en')}**" in message
+    assert catalog.text("serve.gpus.label", "en") == "GPUs"
+    assert catalog.text("serve.executor.label", "en") == "Executor (tp > 1, PyTorch)"
+
+    command, status = preview(gpus="1")
+    assert command.startswith("CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=1 lmdeploy serve api_server ")
+    assert status == "**" + catalog.text("serve.msg.ready_to_start", "en") + "**"
+    command, _ = preview(backend="pytorch", tp=2, gpus="0 1", executor="mp")
+    assert "CUDA_VISIBLE_DEVICES=0,1 " in command and "--distributed-executor-backend mp" in command
+    assert "--distributed-executor-backend" not in preview(backend="turbomind", tp=2, executor="mp")[0]
+    # The executor auto: LMDeploy's choice (ray), or mp with a note where ray does not import in its interpreter.
+    placement = handlers.preview_placement(SERVE_FORM.parse({**base, "backend": "pytorch", "tp": 2}), EN)
+    auto = preview(backend="pytorch", tp=2)[0]
+    if serve_services.servers.ray_ok() is False:
+        assert "--distributed-executor-backend mp" in auto
+        assert placement == "ℹ " + catalog.text("serve.note.executor_mp_fallback", "en")
+    else:
+        assert "--distributed-executor-backend" not in auto and placement == ""
+
+    message, server_id, _ = handlers.start_server(SERVE_FORM.parse({**base, "gpus": "1"}), EN)
+    assert server_id, message
+    assert serve_services.servers.wait_for(server_id, SETTLED, 30).state == "READY"
+    snap = serve_services.servers.get(server_id)
+    assert snap.gpus == (1,) and snap.command.startswith("CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=1 ")
+    row = rows_by_id(handlers.list_servers(ZH), catalog.text("serve.col.id", "zh"))[server_id]
+    assert row[catalog.text("serve.col.gpus", "zh")] == "1"
 
 
 # Quantize ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from webui.settings import is_loopback
 from webui.ui.chat_tab import ChatHandlers, build_chat_tab
 from webui.ui.compare_tab import CompareHandlers, build_compare_tab
 from webui.ui.demos_tab import DemosHandlers, build_demos_tab
+from webui.ui.fleet_tab import FleetHandlers, build_fleet_tab
 from webui.ui.forms import RAW_INPUTS
 from webui.ui.memory_tab import MemoryHandlers, build_memory_tab
 from webui.ui.models_tab import MODELS_FORM, ModelsHandlers, build_models_tab
@@ -64,11 +65,20 @@ def _timers(*active: bool):
     return switch
 
 
+def _timer(active: bool):
+    """A handler that switches one timer (a one-element tuple would reach it as its value, not as an update)."""
+
+    def switch() -> gr.Timer:
+        return gr.Timer(active=active)
+
+    return switch
+
+
 def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Blocks, dict[str, Any]]:
     """The console's Blocks and the keyword arguments that launch() must receive with it."""
     catalog = catalog or Catalog.load()
     i18n = build_i18n(catalog)
-    serve = ServeHandlers(services.servers, services.roots, catalog)
+    serve = ServeHandlers(services.servers, services.roots, catalog, gpu=services.gpu)
     quantize = QuantizeHandlers(services.jobs, services.roots, services.settings, catalog)
     targets = TargetHandlers(services.chat, services.servers, catalog)
     chat = ChatHandlers(services.chat, targets, catalog)
@@ -79,6 +89,8 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                           services.settings.state_dir / "demos", catalog,
                           share_state=lambda: services.store.get_pref("demo.share", "off"))
     compare = CompareHandlers(services.compare, services.servers, services.jobs, services.roots, catalog)
+    # LMDeploy's interpreter, as the services were built with: the Ray cluster is read with its `ray`.
+    fleet = FleetHandlers(services.proxy, services.servers, catalog, services.settings.lmdeploy_interpreter)
     with gr.Blocks(title="LMDeploy Console") as demo:
         gr.Markdown(i18n("app.header"), elem_id="app-header")
         if not is_loopback(services.settings.host):  # --share publishes the guest app only
@@ -100,6 +112,8 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                 memory_timer, memory_open = build_memory_tab(memory, i18n)
             with gr.Tab(i18n("tabs.compare"), id="compare") as compare_tab:
                 compare_ui = build_compare_tab(demo, compare, i18n)
+            with gr.Tab(i18n("tabs.fleet"), id="fleet") as fleet_tab:
+                fleet_ui = build_fleet_tab(demo, fleet, i18n)
             with gr.Tab(i18n("tabs.demos"), id="demos") as demos_tab:
                 demos_ui = build_demos_tab(demo, demos, i18n)
         # Only the visible tab polls its services.
@@ -114,6 +128,13 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
         for fn, inputs, outputs in memory_open:
             memory_tab.select(fn, inputs, outputs, **quiet)
         demo.load(_timers(True, False, False, False, False, False), None, timers, **quiet)
+        # The Fleet tab's timer: on while it is open (the others off), off whenever another tab is picked.
+        fleet_tab.select(_timers(False, False, False, False, False, False), None, timers, **quiet)
+        fleet_tab.select(_timer(True), None, fleet_ui.timer, **quiet)
+        for fn, inputs, outputs in fleet_ui.on_open:
+            fleet_tab.select(fn, inputs, outputs, **quiet)
+        for tab in (models_tab, quantize_tab, serve_tab, chat_tab, tools_tab, memory_tab, compare_tab, demos_tab):
+            tab.select(_timer(False), None, fleet_ui.timer, **quiet)
         # Chat and Tools poll nothing; opening them lists the READY servers (the active one first).
         for tab, picker in ((chat_tab, chat_picker), (tools_tab, tools_picker)):
             tab.select(_timers(False, False, False, False, False, False), None, timers, **quiet)

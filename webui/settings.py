@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,14 @@ class Settings:
     hf_cache_dir: Path = field(default_factory=default_hf_cache_dir)
     hub_endpoint: str = field(default_factory=default_hub_endpoint)
     hub_mirror: str = field(default_factory=default_hub_mirror)
+    # The console's own GPU limit, if it was started with one: placement must stay inside it.
+    cuda_visible_devices: str | None = field(default_factory=lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    cuda_device_order: str = field(default_factory=lambda: os.environ.get("CUDA_DEVICE_ORDER", ""))
+
+    @property
+    def lmdeploy_interpreter(self) -> str:
+        """The Python that runs LMDeploy (servers, jobs, the proxy, the Ray check): --lmdeploy-python, else ours."""
+        return self.lmdeploy_python or sys.executable
 
     @property
     def db_path(self) -> Path:

@@ -174,7 +174,13 @@ class ChatService:
             raise ChatError("not_ready", f"server {snap.id} is {snap.state}, not READY")
         key = self._servers.api_key(snap.id)
         lmdeploy = snap.owned or self._is_lmdeploy(snap.base_url, key)
-        return Endpoint(snap.base_url, key, snap.model_id, lmdeploy, snap.id)
+        model = snap.model_id
+        if not model:  # a proxy lists no model until its first node is added: ask now, not at its READY
+            ids = self.models(Endpoint(snap.base_url, key))
+            if not ids:
+                raise ChatError("not_found", f"server {snap.id} lists no models yet")
+            model = ids[0]
+        return Endpoint(snap.base_url, key, model, lmdeploy, snap.id)
 
     def endpoint_for_url(self, base_url: str, api_key: str = "", model: str = "") -> Endpoint:
         """Any OpenAI-compatible server; the model defaults to the first one it lists."""

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from webui.services.fit import fit_gpus
 from webui.services.gpu import GpuSampler
 from webui.services.job_states import JobState, is_live_job
 from webui.services.lifecycle import SpawnFailure, handle_of, spawn_safely, wait_for_state
@@ -115,7 +116,10 @@ class CompareConfig:
             if name not in ServerSpec.__dataclass_fields__:
                 raise ValueError(f"{name}: not a Serve option")
             expected = getattr(defaults, name)
-            if isinstance(expected, bool) or isinstance(value, bool):
+            if name == "gpus":  # [0, 1] or "0,1": check_spec reads the numbers and refuses what is not
+                ok = isinstance(value, str) or (isinstance(value, list) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value))
+            elif isinstance(expected, bool) or isinstance(value, bool):
                 ok = isinstance(value, bool) and isinstance(expected, bool)
             elif isinstance(expected, float):
                 ok = isinstance(value, int | float)
@@ -231,7 +235,7 @@ class CompareManager:
     def __init__(self, store: Store, supervisor: ProcessSupervisor, servers: ServerManager, sampler: GpuSampler,
                  roots: Any, jobs_dir: Path, python: str | None = None,
                  owners_of: Callable[[str], list[int]] | None = None,
-                 gpu_busy: Callable[[], bool] | None = None) -> None:
+                 gpu_busy: Callable[[frozenset[int]], list[int]] | None = None) -> None:
         self._store = store
         self._supervisor = supervisor
         self._servers = servers
@@ -240,7 +244,7 @@ class CompareManager:
         self._jobs_dir = jobs_dir
         self._python = python
         self._owners_of = owners_of or (lambda _sid: [])
-        self._gpu_busy = gpu_busy or (lambda: False)  # a quantization job holding the GPU
+        self._gpu_busy = gpu_busy or (lambda _gpus: [])  # which of these GPUs a quantization job holds
         self._lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
         self._cancel: dict[str, threading.Event] = {}
@@ -276,8 +280,8 @@ class CompareManager:
         """Check everything, then start the run at once; nothing is started or stored when a field is wrong."""
         if self.running() is not None:  # first: the rest would be checked against a GPU another run is using
             return [field_error("configs", "compare.err.busy", {})]
-        if self._gpu_busy():
-            return [field_error("configs", "compare.err.gpu_job", {})]
+        if busy := self._gpu_busy(self._gpus_of(request)):
+            return [field_error("configs", "compare.err.gpu_job", {"gpus": ", ".join(map(str, busy))})]
         errors = check_request(request) + self._check_configs(request)
         prompts = self._prompts(request, errors)
         if request.quality != "none" and isinstance(problem := quality_text(request.quality), FieldError):
@@ -603,7 +607,9 @@ class CompareManager:
         if not samples:
             return {"peak_gpu_bytes": None, "peak_server_bytes": None}
         pids = set(self._owners_of(server_id))
-        device_peak = max((sum(d.used_bytes for d in s.devices) for s in samples), default=None)
+        gpus = self._gpus_of_server(server_id)  # a job on another GPU is not this configuration's memory
+        device_peak = max((sum(d.used_bytes for d in s.devices if not gpus or d.index in gpus) for s in samples),
+                          default=None)
         server_peak = max((sum(p.used_bytes for p in s.processes if p.pid in pids) for s in samples),
                           default=0) if pids else None
         return {"peak_gpu_bytes": device_peak, "peak_server_bytes": server_peak or None}
@@ -735,7 +741,27 @@ class CompareManager:
         return {"index": index, "label": label, "source": "started", "server_id": "",
                 "model_path": spec.model_path, "backend": spec.backend, "kv_policy": spec.kv_policy,
                 "model_format": spec.model_format, "cache_max_entry_count": spec.cache_max_entry_count,
-                "session_len": spec.session_len, "command": command_preview(spec), "spec": spec.to_json_dict()}
+                "session_len": spec.session_len, "command": command_preview(spec, usable=self._servers.usable_gpus()),
+                "spec": spec.to_json_dict()}
+
+    def _gpus_of(self, request: CompareRequest) -> frozenset[int]:
+        """The GPUs the run measures: each configuration's chosen ones, else the first tp of those the console may
+        use (a job on another GPU distorts none of its numbers)."""
+        found: set[int] = set()
+        for config in request.configs:
+            if config.server_id:
+                found.update(self._gpus_of_server(config.server_id))
+            elif config.spec is not None:
+                found.update(fit_gpus(config.spec, self._servers.usable_gpus().indices))
+        return frozenset(found)
+
+    def _gpus_of_server(self, server_id: str) -> frozenset[int]:
+        """The GPUs a console server runs on: its chosen ones, else the first tp of those the console may use."""
+        snap = self._servers.get(server_id)
+        if snap is None:
+            return frozenset()
+        spec = ServerSpec(model_path=snap.model_path, tp=snap.tp, gpus=snap.gpus)
+        return frozenset(fit_gpus(spec, self._servers.usable_gpus().indices))
 
     def _check_configs(self, request: CompareRequest) -> list[FieldError]:
         """Each configuration as the Serve form would check it (its port is chosen when it starts)."""

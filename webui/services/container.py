@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 from webui.services.chat import ChatService
@@ -13,6 +12,7 @@ from webui.services.gpu import GpuProbe, GpuSampler
 from webui.services.memory import MemoryService
 from webui.services.models import ModelRoots
 from webui.services.processes import ProcessSupervisor
+from webui.services.proxy import ProxyManager
 from webui.services.quantize import JobArgv, JobManager
 from webui.services.secrets import SecretStore
 from webui.services.serve import ArgvFactory, ServerManager
@@ -39,6 +39,7 @@ class Services:
     tool_loop: ToolLoop
     memory: MemoryService
     compare: CompareManager
+    proxy: ProxyManager
     _closed: bool = field(default=False, init=False, repr=False)
 
     @classmethod
@@ -50,7 +51,7 @@ class Services:
         store = Store(settings.db_path)
         secrets = SecretStore(settings.secrets_path)
         supervisor = ProcessSupervisor()
-        gpu = GpuProbe()
+        gpu = GpuProbe(settings.cuda_visible_devices, settings.cuda_device_order)
         downloads = DownloadManager(store, supervisor, secrets, gpu, settings.models_dir, settings.hf_cache_dir,
                                     settings.jobs_dir, settings.hub_endpoint, settings.hub_mirror,
                                     download_argv=download_argv)
@@ -59,7 +60,7 @@ class Services:
         roots = ModelRoots((*(settings.model_roots or (settings.state_dir,)), settings.output_dir,
                             settings.upload_dir, settings.models_dir, settings.hf_cache_dir),
                            local_repo=downloads.local_path)
-        python = settings.lmdeploy_python or sys.executable
+        python = settings.lmdeploy_interpreter
         servers = ServerManager(store, supervisor, roots, gpu, settings.log_dir, python=python,
                                 secrets=secrets, argv_factory=argv_factory, child_env=downloads.child_env)
         jobs = JobManager(store, supervisor, roots, gpu, settings.output_dir, settings.jobs_dir, python=python,
@@ -73,10 +74,12 @@ class Services:
         # The load worker is the console's own code: it runs with the console's interpreter, not LMDeploy's.
         compare = CompareManager(store, supervisor, servers, sampler, roots, settings.jobs_dir,
                                  owners_of=memory.owners_of,
-                                 gpu_busy=lambda: any(j.state == "RUNNING" and j.device != "cpu"
-                                                      for j in jobs.snapshots()))
+                                 gpu_busy=lambda gpus: sorted(gpus & {j.gpu for j in jobs.snapshots() if
+                                                                      j.state == "RUNNING" and j.gpu is not None}))
+        proxy = ProxyManager(store, supervisor, secrets, servers, settings.state_dir, python)
+        servers.claim_ports_with(proxy.claimed_ports)  # its port is never offered to a server
         return cls(settings, store, secrets, supervisor, roots, gpu, servers, jobs, downloads, demos, chat,
-                   ToolLoop(chat), memory, compare)
+                   ToolLoop(chat), memory, compare, proxy)
 
     def close(self, keep_servers: bool | None = None) -> None:
         """Stop owned servers (unless kept), then release NVML and the database."""
@@ -86,6 +89,7 @@ class Services:
         keep = self.settings.keep_servers if keep_servers is None else keep_servers
         self.chat.close()
         self.compare.shutdown()
+        self.proxy.shutdown(keep_running=keep)
         self.jobs.shutdown()
         self.downloads.shutdown()
         self.servers.shutdown(keep_running=keep)

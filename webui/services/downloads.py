@@ -330,7 +330,10 @@ class DownloadManager(ChildJobs[DownloadSnapshot]):
             shape = ModelShape.from_config(config)
         except (KeyError, TypeError, ValueError) as exc:
             return {"error": f"{type(exc).__name__}: {exc}"[:200]}
-        devices = self._gpu.devices() if self._gpu.available else []
+        usable = self._gpu.usable().indices if self._gpu.available else None
+        # the first GPU a server would get: under the console's own CUDA_VISIBLE_DEVICES, the first it allows
+        devices = [d for d in (self._gpu.devices() if self._gpu.available else [])
+                   if usable is None or d.index in usable]
         verdict: dict[str, Any] = {"weights_bytes": shape.weight_bytes(), "awq_weights_bytes": shape.weight_bytes(128),
                                    "gpu": "", "gpu_total_bytes": 0}
         if devices:

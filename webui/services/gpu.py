@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from webui.services.placement import UsableGpus, usable_gpus
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -66,9 +68,15 @@ def _maybe(read: Callable[[], Any]) -> Any:
 
 
 class GpuProbe:
-    """App-scoped NVML handle. Without a driver it reports `available=False` and the reason, never raises."""
+    """App-scoped NVML handle. Without a driver it reports `available=False` and the reason, never raises.
 
-    def __init__(self) -> None:
+    visible_devices / device_order: the console's own CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER (None: not
+    set), which limit the GPUs its children may be placed on (NVML itself lists every GPU regardless)."""
+
+    def __init__(self, visible_devices: str | None = None, device_order: str = "") -> None:
+        self._limit = visible_devices
+        self._order = device_order
+        self._usable: UsableGpus | None = None  # read once: neither the limit nor the GPUs' UUIDs change
         self._lock = threading.Lock()
         self._nvml = None
         self.reason = ""
@@ -110,6 +118,29 @@ class GpuProbe:
                               int(mem.total), int(mem.used))]
 
         return self._per_device(read)
+
+    def identities(self) -> list[tuple[str, str]]:
+        """(UUID, name) of each GPU, by NVML index."""
+
+        def read(nvml: Any, _index: int, handle: Any) -> list[tuple[str, str]]:
+            uuid, name = nvml.nvmlDeviceGetUUID(handle), nvml.nvmlDeviceGetName(handle)
+            return [(uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                     name.decode() if isinstance(name, bytes) else str(name))]
+
+        return self._per_device(read)
+
+    def usable(self) -> UsableGpus:
+        """The GPUs a server or a job may be placed on, in NVML numbers (see placement.usable_gpus)."""
+        if self._nvml is None:
+            return UsableGpus(None, self._limit)
+        if self._usable is None:
+            try:
+                found = self.identities()
+            except Exception as exc:  # a GPU lost from the bus: unknown now, asked again next time
+                log.warning("could not read the GPUs' UUIDs: %s", exc)
+                return UsableGpus(None, self._limit)
+            self._usable = usable_gpus(self._limit, self._order, [u for u, _ in found], [n for _, n in found])
+        return self._usable
 
     def bf16_supported(self) -> bool | None:
         """Whether every GPU computes in bfloat16 (compute capability 8.0+); None when NVML cannot tell."""

@@ -13,14 +13,15 @@ from typing import Any
 import psutil
 
 from webui.services.awq_progress import read_events
-from webui.services.gpu import GpuSampler, Sample
+from webui.services.fit import plan_input
+from webui.services.gpu import DeviceSample, GpuSampler, Sample
 from webui.services.job_states import LIVE_JOB_STATES
 from webui.services.lifecycle import handle_of
 from webui.services.models import ModelRoots
-from webui.services.planner import MIB, ModelShape, PlanInput, error_percent, plan
+from webui.services.planner import MIB, ModelShape, error_percent, plan
 from webui.services.processes import ProcessSupervisor
 from webui.services.serve_log import read_startup, tail
-from webui.services.serve_spec import KV_POLICIES
+from webui.services.serve_spec import ServerSpec
 from webui.services.server_states import LIVE_STATES
 from webui.services.store import Store
 
@@ -120,12 +121,19 @@ class MemoryService:
 
     # predicted against measured --------------------------------------------------------------------
     def compare_server(self, server_id: str) -> dict[str, Any]:
-        """For a READY server: the planner's prediction for its spec next to NVML and the engine's blocks."""
+        """For a READY server: the planner's prediction next to NVML and the engine's blocks, GPU by GPU.
+
+        The planner predicts one GPU (weights and KV heads split by tp), so each of the server's GPUs is compared
+        with that GPU alone: what its device holds and what the server's process tree holds there. `per_gpu` has a
+        row per GPU; the top-level keys are the first GPU's (callers that know one GPU read those)."""
         record = self._store.get_server(server_id)
         if record is None or not record.owned:
             return {"error": "unknown_server"}
-        spec = record.spec
-        resolved = self._roots.resolve(str(spec.get("model_path", "")))
+        try:
+            spec = ServerSpec.from_json_dict(record.spec)
+        except (TypeError, ValueError) as exc:  # a row a newer version wrote
+            return {"error": "model_unreadable", "detail": str(exc)}
+        resolved = self._roots.resolve(spec.model_path)
         if not isinstance(resolved, Path):
             return {"error": "model_unreadable"}
         try:
@@ -136,33 +144,58 @@ class MemoryService:
         if latest is None or not latest.devices:
             return {"error": "no_gpu", "detail": self.reason}
         tree = set(self.owners_of(server_id))
-        held = sum(p.used_bytes for p in latest.processes if p.pid in tree)
-        device = latest.devices[0]
-        others = max(device.used_bytes - held, 0)  # what other programs hold: not the server's to predict
-        predicted = plan(PlanInput(
-            shape, device.total_bytes, cache_max_entry_count=float(spec.get("cache_max_entry_count") or 0.8),
-            quant_policy=KV_POLICIES.get(str(spec.get("kv_policy", "none")), 0),
-            awq=str(spec.get("model_format")) == "awq", session_len=int(spec.get("session_len") or 4096),
-            tp=int(spec.get("tp") or 1), other_used_bytes=others))
-        measured_total = device.used_bytes
+        held: dict[int, int] = {}
+        for p in latest.processes:
+            if p.pid in tree:
+                held[p.gpu_index] = held.get(p.gpu_index, 0) + p.used_bytes
+        devices = {d.index: d for d in latest.devices}
+        rows = [self._compare_gpu(spec, shape, devices[gpu], held.get(gpu, 0))
+                for gpu in server_gpus(spec, held) if gpu in devices]
+        if not rows:  # its GPUs are not among those NVML shows now
+            return {"error": "no_gpu", "detail": ", ".join(f"GPU {g}" for g in server_gpus(spec, held))}
+        first = rows[0]
+        predicted = first["predicted"]
         blocks = record.gpu_blocks
         reading = read_startup(tail(record.log_path, 5000)) if record.log_path else None
         budget = reading.cache_budget_mb if reading else None  # TurboMind says its KV budget instead of blocks
         return {
-            "server_id": server_id, "state": record.state, "gpu": device.name,
-            "predicted": predicted.as_dict(),
-            "measured": {"device_used_bytes": measured_total, "server_tree_bytes": held, "others_bytes": others,
-                         "engine_blocks": blocks, "engine_cache_budget_bytes": int(budget * MIB) if budget else None},
+            "server_id": server_id, "state": record.state, "gpu": first["name"], "gpu_index": first["gpu"],
+            "predicted": predicted,
+            "measured": {"device_used_bytes": first["device_used_bytes"],
+                         "server_tree_bytes": first["server_tree_bytes"], "others_bytes": first["others_bytes"],
+                         "engine_blocks": blocks,
+                         "engine_cache_budget_bytes": int(budget * MIB) if budget else None},
             "error_percent": {
-                "total": error_percent(predicted.total_bytes, measured_total),
+                **first["error_percent"],
+                "blocks": error_percent(predicted["blocks"], blocks) if blocks else None,
+                "cache_budget": error_percent(predicted["kv_pool_bytes"], budget * MIB) if budget else None,
+            },
+            "per_gpu": rows,
+        }
+
+    @staticmethod
+    def _compare_gpu(spec: ServerSpec, shape: ModelShape, device: DeviceSample, held: int) -> dict[str, Any]:
+        """One GPU: the planner with that device's size and what others hold on it, against NVML there."""
+        others = max(device.used_bytes - held, 0)  # what other programs hold: not the server's to predict
+        predicted = plan(plan_input(spec, shape, device.total_bytes, others))
+        return {
+            "gpu": device.index, "name": device.name, "total_bytes": device.total_bytes,
+            "predicted": predicted.as_dict(), "predicted_total_bytes": predicted.total_bytes,
+            "predicted_server_bytes": predicted.total_bytes - others,
+            "device_used_bytes": device.used_bytes, "server_tree_bytes": held, "others_bytes": others,
+            "error_percent": {
+                "total": error_percent(predicted.total_bytes, device.used_bytes),
                 "server": error_percent(predicted.total_bytes - others, held) if held else None,
-                "blocks": error_percent(predicted.blocks, blocks) if blocks else None,
-                "cache_budget": error_percent(predicted.kv_pool_bytes, budget * MIB) if budget else None,
             },
         }
 
     def owners_of(self, server_id: str) -> list[int]:
         return [pid for pid, label in self.owners().items() if label == f"server {server_id}"]
+
+
+def server_gpus(spec: ServerSpec, held: dict[int, int]) -> tuple[int, ...]:
+    """A server's GPUs: those its spec chose, else those where NVML shows its process tree, else GPU 0..tp-1."""
+    return spec.gpu_list or tuple(sorted(held)) or tuple(range(max(spec.tp, 1)))
 
 
 def _device_row(sample: Sample, index: int) -> dict[str, Any]:

@@ -156,8 +156,14 @@ class ProcessSupervisor:
         assert report is not None  # wait() without a timeout returns the report
         return report
 
-    def request_stop(self, handle: ProcessHandle | None, grace_s: float = 10.0) -> StopTicket:
-        """SIGTERM the whole tree now and return; a daemon thread SIGKILLs what is left after grace_s."""
+    def request_stop(self, handle: ProcessHandle | None, grace_s: float = 10.0,
+                     leader_first_s: float = 0.0) -> StopTicket:
+        """SIGTERM the whole tree now and return; a daemon thread SIGKILLs what is left after grace_s.
+
+        leader_first_s > 0: SIGTERM the leader alone first and give it that long to shut its own children down
+        (a multi-GPU engine's leader tells its rank workers to stop and waits for them: signalled at the same
+        time, the workers die first and the leader waits for answers that never come, until SIGKILL); then the
+        rest of the tree gets SIGTERM, and SIGKILL at grace_s as always."""
         started = time.monotonic()
         procs = self.tree(handle)
         ticket = StopTicket(tuple(p.pid for p in procs))
@@ -166,10 +172,18 @@ class ProcessSupervisor:
                 self._reap(handle.pid)
             ticket._finish(StopReport(seconds=0.0, killed=False, pids=()))
             return ticket
-        self._signal_all(handle.pid, procs, signal.SIGTERM)
+        first = min(max(leader_first_s, 0.0), grace_s)
+        if first:
+            self._signal_all(handle.pid, procs[:1], signal.SIGTERM, group=False)
+        else:
+            self._signal_all(handle.pid, procs, signal.SIGTERM)
 
         def escalate() -> None:
-            alive = self._wait_gone(handle.pid, procs, grace_s)
+            if first:
+                left = self._wait_gone(handle.pid, procs, first)
+                if left:
+                    self._signal_all(handle.pid, left, signal.SIGTERM)
+            alive = self._wait_gone(handle.pid, procs, grace_s - (time.monotonic() - started))
             if alive:
                 self._signal_all(handle.pid, alive, signal.SIGKILL)
                 self._wait_gone(handle.pid, alive, 5.0)
@@ -178,16 +192,22 @@ class ProcessSupervisor:
         threading.Thread(target=escalate, name=f"stop-{handle.pid}", daemon=True).start()
         return ticket
 
-    def _signal_all(self, leader: int, procs: list[psutil.Process], sig: signal.Signals) -> None:
-        try:
-            os.killpg(leader, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        # Descendants that left the group (setsid) still belong to the server: signal them one by one.
+    def _signal_all(self, leader: int, procs: list[psutil.Process], sig: signal.Signals, group: bool = True) -> None:
+        signalled_group = False
+        if group:
+            try:
+                os.killpg(leader, sig)
+                signalled_group = True
+            except (ProcessLookupError, PermissionError):
+                pass
+        # Descendants that left the group (setsid) still belong to the server: signal them one by one. Members of
+        # the group are not signalled twice: a second SIGTERM means "exit now" to uvicorn and to many engines.
         for proc in procs:
             try:
+                if signalled_group and os.getpgid(proc.pid) == leader:
+                    continue
                 proc.send_signal(sig)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
                 pass
 
     def _wait_gone(self, leader: int, procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

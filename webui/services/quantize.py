@@ -36,7 +36,10 @@ from webui.services.quantize_spec import (
     check_awq,
     cli_preview,
     free_output_dir,
+    gpu_errors,
     hub_reachable,
+    job_env,
+    resource_key,
     weight_bytes,
     worker_argv,
 )
@@ -70,7 +73,8 @@ class JobSnapshot:
     model_path: str
     output_dir: str
     device: str
-    summary: str  # compact facts for scripts ("w4 g128 · data-free · cpu"); the page words them from `spec`
+    gpu: int | None  # the GPU (NVML number) a cuda job runs on; None on the cpu
+    summary: str  # compact facts for scripts ("w4 g128 · data-free · cuda:1"); the page words them from `spec`
     spec: dict[str, Any]
     created_at: float
     started_at: float | None
@@ -131,7 +135,7 @@ class JobManager(ChildJobs[JobSnapshot]):
         online = None
         if spec.calib_source == "hub" and not spec.data_free and spec.calib_dataset in HUB_DATASETS:
             online = self._hub_online()
-        return check_awq(spec, self._roots, self._output_root, self._gpu.device_count(),
+        return check_awq(spec, self._roots, self._output_root, self._gpu.usable(),
                          bf16_ok=self._gpu.bf16_supported(), hub_online=online,
                          claimed_outputs=self._claimed_outputs(), token_counter=self._tokens)
 
@@ -144,7 +148,7 @@ class JobManager(ChildJobs[JobSnapshot]):
         return online
 
     def preview(self, checked: CheckedAwq) -> str | None:
-        return cli_preview(checked)
+        return cli_preview(checked, self._gpu.usable())
 
     def snapshots(self) -> list[JobSnapshot]:
         """Every job; a row it cannot read (written by a newer version?) is left out, with a warning."""
@@ -211,7 +215,7 @@ class JobManager(ChildJobs[JobSnapshot]):
                 resource=checked.spec.resource, created_at=time.time(), output_dir=str(checked.output_dir),
                 job_file=str(job_file), log_path=str(folder / "job.log"),
                 progress_path=str(folder / "progress.jsonl"), layers=checked.layers,
-                command=cli_preview(checked) or "",
+                command=cli_preview(checked, self._gpu.usable()) or "",
             ))
             self._store.add_event(job_id, "queued", checked.spec.model_path)
             self._schedule()
@@ -255,13 +259,14 @@ class JobManager(ChildJobs[JobSnapshot]):
         return frozenset(r.output_dir for r in self._store.list_jobs(KIND) if is_live_job(r.state))
 
     def _queue(self, records: list[JobRecord]) -> dict[str, int]:
-        """Queue position per queued job (1 = next), in submission order per device."""
+        """Queue position per queued job (1 = next), in submission order per device (each GPU, the CPU)."""
         positions: dict[str, int] = {}
         per_resource: dict[str, int] = {}
         for r in sorted(records, key=lambda rec: rec.created_at):
             if r.state == JobState.QUEUED:
-                per_resource[r.resource] = per_resource.get(r.resource, 0) + 1
-                positions[r.id] = per_resource[r.resource]
+                resource = resource_key(r.resource)
+                per_resource[resource] = per_resource.get(resource, 0) + 1
+                positions[r.id] = per_resource[resource]
         return positions
 
     def _check(self, record: JobRecord, watched: bool = True) -> None:
@@ -299,16 +304,17 @@ class JobManager(ChildJobs[JobSnapshot]):
         """Start the oldest queued job of every free device; deterministic, and quick (a spawn, no waiting)."""
         with self._lock:
             records = self._store.list_jobs(KIND)
-            busy = {r.resource for r in records if holds_device(r.state)}
+            busy = {resource_key(r.resource) for r in records if holds_device(r.state)}
             for record in sorted(records, key=lambda r: r.created_at):
-                if record.state == JobState.QUEUED and record.resource not in busy:
+                if record.state == JobState.QUEUED and resource_key(record.resource) not in busy:
                     try:
                         started = self._start(record)
-                    except (OSError, ValueError) as exc:  # its output path unusable (EACCES, ESTALE…): it alone fails
+                    except (OSError, ValueError, TypeError) as exc:  # its output path unusable (EACCES, ESTALE…)
+                        # or its row unreadable: it alone fails
                         self._finish(record, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
                         started = False
                     if started:
-                        busy.add(record.resource)
+                        busy.add(resource_key(record.resource))
 
     def _start(self, record: JobRecord) -> bool:
         """Spawn a queued job's worker; a spawn that fails marks the job FAILED (the next one may start)."""
@@ -316,7 +322,14 @@ class JobManager(ChildJobs[JobSnapshot]):
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
             self._finish(record, JobState.FAILED, error=f"output folder {output} was filled while the job waited")
             return False
-        extra_env = self._child_env()  # the hub token, if one is saved: only ever through the environment
+        # The hub token, if one is saved (only ever through the environment), and the job's GPU: the worker sees
+        # that one GPU alone, as "cuda" (a legacy row's spec has no gpu: it ran on GPU 0 first, and does so now).
+        spec, usable = AwqSpec.from_json_dict(record.spec), self._gpu.usable()
+        if spec.device == "cuda" and gpu_errors(spec.gpu, usable):  # queued before the console's limit changed
+            self._finish(record, JobState.FAILED, error=f"GPU {spec.gpu} is not one this console may use now "
+                                                        f"(CUDA_VISIBLE_DEVICES={usable.limit})")
+            return False
+        extra_env = {**self._child_env(), **job_env(spec, usable)}
         handle = spawn_safely(self._supervisor, self._job_argv(Path(record.job_file)), Path(record.log_path),
                               env={**os.environ, **extra_env} if extra_env else None)
         if isinstance(handle, SpawnFailure):
@@ -393,12 +406,13 @@ class JobManager(ChildJobs[JobSnapshot]):
             spec.calib_dataset if spec.calib_source == "hub" else spec.calib_source)
         summary = (f"w{spec.w_bits} g{spec.w_group_size}{' sym' if spec.w_sym else ''} · {calib}"
                    + ("" if spec.data_free else f" {spec.calib_samples}×{spec.calib_seqlen}")
-                   + (" · search-scale" if spec.search_scale else "") + f" · {spec.device}")
+                   + (" · search-scale" if spec.search_scale else "") + f" · {spec.resource}")
         return JobSnapshot(
             id=record.id, state=record.state, phase=progress.phase, layer=progress.layer, layers=layers,
             fraction=1.0 if record.state == JobState.SUCCEEDED else progress.fraction,
             elapsed_seconds=elapsed, eta_seconds=eta, queue_position=queue.get(record.id),
-            model_path=spec.model_path, output_dir=record.output_dir, device=spec.device, summary=summary,
+            model_path=spec.model_path, output_dir=record.output_dir, device=spec.device,
+            gpu=spec.gpu if spec.device == "cuda" else None, summary=summary,
             spec=spec.to_json_dict(),
             created_at=record.created_at, started_at=record.started_at, ended_at=record.ended_at,
             exit_code=record.exit_code, error=record.error, peak_ram_bytes=record.peak_ram_bytes,

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from webui.services.models import ModelInfo, ModelRoots, PathProblem, read_model_info
+from webui.services.placement import MAX_GPU_INDEX, UsableGpus, check_gpus, env_prefix, placement_env, usable_of
 from webui.services.planner import ModelShape
 from webui.services.serve_spec import MAX_NAME_CHARS, MAX_PATH_CHARS, FieldError, too_long
 
@@ -37,6 +38,8 @@ HUB_DATASETS = MappingProxyType({  # LMDeploy 0.18 --calib-dataset name -> the H
 CALIB_SOURCES = ("hub", "files", "sample", "none")
 DTYPES = ("auto", "float16", "bfloat16")
 DEVICES = ("cuda", "cpu")
+# What rows written before jobs chose their GPU hold in `resource`: such a job saw GPU 0 first, so it counts there.
+LEGACY_RESOURCES = MappingProxyType({"cuda": "cuda:0"})
 W_BITS = (4, 8)
 W_GROUP_SIZES = (32, 64, 128, 256)
 # Architectures LMDeploy 0.18's AWQ knows (lmdeploy/lite/apis/calibrate.py LAYER_TYPE_MAP).
@@ -81,6 +84,7 @@ class AwqSpec:
     search_scale: bool = False
     dtype: str = "auto"
     device: str = "cuda"
+    gpu: int = 0  # NVML number of the GPU a cuda job runs on (the worker sees only it); ignored on the cpu
     trust_remote_code: bool = False
 
     @property
@@ -90,7 +94,12 @@ class AwqSpec:
     @property
     def resource(self) -> str:
         """What the job occupies: one job per GPU (and one CPU job) at a time."""
-        return self.device
+        return f"cuda:{self.gpu}" if self.device == "cuda" else self.device
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        """The GPUs the worker is given; () on the cpu."""
+        return (self.gpu,) if self.device == "cuda" else ()
 
     def to_json_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,6 +112,18 @@ class AwqSpec:
         known.setdefault("model_path", "")
         known["calib_files"] = tuple(known.get("calib_files") or ())
         return cls(**known)
+
+
+def resource_key(resource: str) -> str:
+    """A stored row's resource as the scheduler counts it (a legacy "cuda" row holds GPU 0)."""
+    return LEGACY_RESOURCES.get(resource, resource)
+
+
+def job_env(spec: AwqSpec, usable: UsableGpus | None = None) -> dict[str, str]:
+    """The environment the worker adds: CUDA_VISIBLE_DEVICES (in PCI bus order) for a cuda job, so that it sees
+    its one GPU as "cuda" and no other; nothing on the cpu (nor under an opaque limit of the console's own: the
+    job then keeps the console's devices)."""
+    return placement_env(spec.gpus, usable)
 
 
 @dataclass(frozen=True)
@@ -276,7 +297,7 @@ def check_awq(
     spec: AwqSpec,
     roots: ModelRoots,
     output_root: Path,
-    gpu_count: int | None,
+    usable_gpus: UsableGpus | int | None,
     bf16_ok: bool | None = None,
     hub_online: bool | None = None,
     claimed_outputs: frozenset[str] = frozenset(),
@@ -324,8 +345,11 @@ def check_awq(
             errors.append(FieldError("calib_seqlen", "errors.int_range", {"min": "16", "max": str(MAX_SEQLEN)}))
         if not 1 <= spec.batch_size <= MAX_BATCH:
             errors.append(FieldError("batch_size", "errors.int_range", {"min": "1", "max": str(MAX_BATCH)}))
-    if spec.device == "cuda" and not gpu_count:  # None: no NVML, which ships with every NVIDIA driver
+    usable = usable_of(usable_gpus)
+    if spec.device == "cuda" and not usable.indices and not usable.opaque:  # None: no NVML (every driver has it)
         errors.append(FieldError("device", "errors.awq_no_gpu", {}))
+    elif spec.device == "cuda":
+        errors += gpu_errors(spec.gpu, usable)
     wants_bf16 = spec.dtype == "bfloat16" or (spec.dtype == "auto" and
                                               str(config.get("torch_dtype") or config.get("dtype")) == "bfloat16")
     if wants_bf16 and (spec.device == "cpu" or bf16_ok is False):
@@ -403,8 +427,21 @@ def check_awq(
         return [FieldError("output_dir", "errors.disk_full", {"need": _gib(est.size_after_bytes * 1.2),
                                                                "free": _gib(free)})]
     layers = int(config.get("num_hidden_layers") or 0)
-    return CheckedAwq(spec=replace(spec, output_dir=str(output)), model_dir=resolved, output_dir=output,
-                      info=info, layers=layers, estimates=est)
+    kept = replace(spec, output_dir=str(output), gpu=spec.gpu if spec.device == "cuda" else 0)
+    return CheckedAwq(spec=kept, model_dir=resolved, output_dir=output, info=info, layers=layers, estimates=est)
+
+
+def gpu_errors(gpu: int, usable: UsableGpus) -> list[FieldError]:
+    """The chosen GPU must be one this console may use (NVML numbers, as `nvidia-smi` lists them). Under an
+    opaque limit (MIG slices) the job keeps the console's devices, so only GPU 0, their first, is accepted."""
+    if isinstance(gpu, bool) or not isinstance(gpu, int) or not 0 <= gpu <= MAX_GPU_INDEX:
+        shown = str(gpu)
+        present = ", ".join(str(i) for i in usable.indices or ()) or "-"
+        return [FieldError("gpu", "errors.gpus_missing",
+                           {"missing": shown if len(shown) <= 24 else shown[:24] + "…", "present": present})]
+    if usable.opaque and gpu == 0:
+        return []
+    return check_gpus((gpu,), usable, field="gpu")
 
 
 def output_unwritable(output: Path) -> FieldError | None:
@@ -442,8 +479,9 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.2f} GiB"
 
 
-def cli_preview(checked: CheckedAwq) -> str | None:
-    """The equivalent `lmdeploy lite auto_awq` command; None for local text, which the CLI cannot take."""
+def cli_preview(checked: CheckedAwq, usable: UsableGpus | None = None) -> str | None:
+    """The equivalent `lmdeploy lite auto_awq` command, its environment first (the GPU it runs on); None for
+    local text, which the CLI cannot take."""
     spec = checked.spec
     if not spec.data_free and spec.calib_source != "hub":
         return None
@@ -461,7 +499,7 @@ def cli_preview(checked: CheckedAwq) -> str | None:
         args.append("--w-sym")
     if spec.trust_remote_code:
         args.append("--trust-remote-code")
-    return shlex.join(args)
+    return env_prefix(job_env(spec, usable)) + shlex.join(args)
 
 
 def worker_argv(python: str, job_file: Path) -> list[str]:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from webui.services.gpu import GpuProbe
 from webui.services.lifecycle import Monitor, SpawnFailure, handle_of, observe_process, spawn_safely, wait_for_state
 from webui.services.models import ModelRoots
+from webui.services.placement import UsableGpus, ray_importable, resolve_executor
 from webui.services.processes import ProcessSupervisor, StopTicket
 from webui.services.secrets import SecretStore
 from webui.services.serve_log import PHASES, Hint, find_hint, read_startup, tail
@@ -48,6 +49,7 @@ HOSTNAME = re.compile(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:]+")
 HEALTH_POLL_S = 0.1
 READY_RECHECK_S = 2.0
 ATTACHED_RECHECK_S = 2.0
+LEADER_FIRST_S = 3.0  # of the 5 s stop grace: a tp > 1 server's leader alone, before its workers get SIGTERM too
 CONTROL_TIMEOUT_S = 60.0  # a sleep offloads, a wake reloads: seconds for a large model
 RELEASE_MARGIN_BYTES = 256 << 20  # "back where it was" for a GPU: within 256 MiB of the reading before start
 RELEASE_TIMEOUT_S = 60.0
@@ -90,6 +92,8 @@ class ServerSnapshot:
     command: str
     gpu_blocks: int | None
     has_api_key: bool
+    gpus: tuple[int, ...] = ()  # () = every GPU visible
+    executor: str = "auto"
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -176,7 +180,7 @@ class ServerManager:
         self._log_dir = log_dir
         self._python = python
         self._secrets = secrets
-        self._argv_factory = argv_factory or (lambda checked: build_argv(checked, python))
+        self._argv_factory = argv_factory or (lambda checked: build_argv(checked, python, self.ray_ok(checked.spec)))
         self._stop_grace_s = stop_grace_s
         self._child_env = child_env or dict
         self._lock = threading.RLock()
@@ -184,6 +188,8 @@ class ServerManager:
         self._stopping: dict[str, _Stopping] = {}
         self._releases: dict[str, _ReleaseWatch] = {}
         self._closing = False  # set by shutdown: nothing new is spawned once the console is on its way out
+        self._ray: bool | None = None  # whether ray imports in LMDeploy's interpreter, asked once when needed
+        self._other_ports: Callable[[], set[int]] = set
         self._move_keys_out_of_the_database()
         self._reattach()
         self._monitor: Monitor[ServerRecord] = Monitor(
@@ -192,8 +198,9 @@ class ServerManager:
         )
 
     # queries -------------------------------------------------------------------------------------
-    def gpu_count(self) -> int | None:
-        return self._gpu.device_count()
+    def usable_gpus(self) -> UsableGpus:
+        """The GPUs a server may be placed on (inside the console's own CUDA_VISIBLE_DEVICES, if it has one)."""
+        return self._gpu.usable()
 
     def default_spec(self) -> ServerSpec:
         return ServerSpec(model_path="", port=self.suggest_port())
@@ -205,11 +212,25 @@ class ServerManager:
         own_port = None
         if exclude is not None and (record := self._store.get_server(exclude)) is not None:
             own_port = int(record.spec.get("port", 0))
-        return check_spec(spec, self._roots, self.gpu_count(), self._claimed_ports(exclude), own_port=own_port)
+        return check_spec(spec, self._roots, self.usable_gpus(), self._claimed_ports(exclude), own_port=own_port)
 
     def preview(self, spec: ServerSpec) -> str:
         resolved = self._roots.resolve(spec.model_path)
-        return command_preview(spec, str(resolved) if isinstance(resolved, Path) else None)
+        return command_preview(spec, str(resolved) if isinstance(resolved, Path) else None, self.ray_ok(spec),
+                               self.usable_gpus())
+
+    def ray_ok(self, spec: ServerSpec | None = None) -> bool | None:
+        """Whether `ray` imports where LMDeploy runs (asked once, and only for a spec whose executor depends on
+        it: PyTorch, tp > 1, executor auto); None when not asked or unknown."""
+        if spec is not None and not (spec.backend == "pytorch" and spec.tp > 1 and spec.executor == "auto"):
+            return None
+        if self._ray is None:
+            self._ray = ray_importable(self._python)  # None (the interpreter did not answer): asked again next time
+        return self._ray
+
+    def executor_note(self, spec: ServerSpec) -> str:
+        """Catalog key of what `auto` did for this spec ("" when nothing is worth saying)."""
+        return resolve_executor(spec.executor, spec.tp, spec.backend, self.ray_ok(spec))[1]
 
     def snapshots(self) -> list[ServerSnapshot]:
         """Every server the console knows; a row it cannot read (written by a newer version?) is left out."""
@@ -245,6 +266,7 @@ class ServerManager:
     # actions -------------------------------------------------------------------------------------
     def start(self, spec: ServerSpec) -> StartOutcome:
         """Check, then spawn. Field errors come back with nothing spawned or stored."""
+        self.ray_ok(spec)  # asked before the lock (a child process, once): the argv built under it reads the answer
         with self._lock:
             if self._closing:
                 return StartOutcome(None, (FieldError("model_path", "errors.console_closing", {}),))
@@ -442,15 +464,20 @@ class ServerManager:
             self._store.set_pref(_baseline_name(server_id), json.dumps(baseline))  # a re-attaching console needs it
         spec = checked.spec
         now = time.time()
-        extra_env = self._child_env()  # the hub token, if one is saved: only ever through the environment
+        # The hub token, if one is saved (only ever through the environment), and the server's GPUs.
+        usable = self.usable_gpus()
+        extra_env = {**self._child_env(), **spec.env(usable)}
         handle = spawn_safely(self._supervisor, self._argv_factory(checked), log_path,
                               env={**os.environ, **extra_env} if extra_env else None)
+        if note := self.executor_note(spec):
+            self._store.add_event(server_id, "executor", note)
         common: dict[str, Any] = {
             "phase": PHASES[0].key, "log_path": str(log_path), "base_url": spec.base_url,
             "model_id": spec.model_name or str(checked.model_dir), "started_at": now, "ready_at": None,
             "exit_code": None, "gpu_blocks": None,
         }
-        self._store.add_event(server_id, "start", command_preview(spec, str(checked.model_dir)))
+        self._store.add_event(server_id, "start",
+                              command_preview(spec, str(checked.model_dir), self.ray_ok(spec), usable))
         if isinstance(handle, SpawnFailure):
             hint = Hint("hints.spawn_failed", f"{handle.program}: {handle.reason} ({handle.errno})")
             self._store.update_server(
@@ -468,7 +495,10 @@ class ServerManager:
         handle = self._handle(record)
         tree = {p.pid for p in self._supervisor.tree(handle)}
         self._store.update_server(record.id, state=ServerState.STOPPING.value)
-        ticket = self._supervisor.request_stop(handle, grace_s=self._stop_grace_s)
+        # A tp > 1 engine's leader stops its rank workers itself, given the time (see request_stop).
+        tp = int(record.spec.get("tp") or 1)
+        ticket = self._supervisor.request_stop(handle, grace_s=self._stop_grace_s,
+                                               leader_first_s=LEADER_FIRST_S if tp > 1 else 0.0)
         self._stopping[record.id] = _Stopping(ticket, time.monotonic(), then_start)
         if self._gpu.available:
             pids = frozenset(tree | set(ticket.pids))
@@ -476,12 +506,17 @@ class ServerManager:
             baseline = {int(k): int(v) for k, v in stored.items()}
             self._releases[record.id] = _ReleaseWatch(pids, self._release_limits(pids, baseline), time.monotonic())
 
+    def claim_ports_with(self, claimed: Callable[[], set[int]]) -> None:
+        """Ports other children of the console hold (the proxy's, which binds 10-60 s after it starts): never
+        offered to, or taken by, a server."""
+        self._other_ports = claimed
+
     def _claimed_ports(self, exclude: str | None = None) -> set[int]:
         return {
             int(r.spec.get("port", 0))
             for r in self._store.list_servers()
             if r.owned and r.id != exclude and is_live(r.state)
-        }
+        } | self._other_ports()
 
     def _reattach(self) -> None:
         """On console start: live servers it started are watched again; dead ones are marked LOST."""
@@ -571,8 +606,14 @@ class ServerManager:
         """A live server's transition (READY, UNREACHABLE…), re-checked under the lock against a racing stop."""
         transition = decide_server(ServerState(record.state), record.owned, facts)
         if transition is None:
-            if not record.owned and record.state == ServerState.READY.value and record.detail:
-                self._store.update_server(record.id, detail="")
+            if not record.owned and record.state == ServerState.READY.value:
+                settled: dict[str, Any] = {"detail": ""} if record.detail else {}
+                if not record.model_id:  # a proxy lists no model until a node is added: read it again
+                    keys = self._keys(record.id)
+                    if found := _first_model_id(record.base_url, keys[0] if keys else ""):
+                        settled["model_id"] = found
+                if settled:
+                    self._store.update_server(record.id, **settled)
             return
         if transition.to == ServerState.READY:
             keys = self._keys(record.id)
@@ -725,9 +766,12 @@ class ServerManager:
             active=record.id == active_id,
             pid=record.pid,
             command=command_preview(dataclasses.replace(spec, api_keys=("<API_KEY>",) if self._keys(record.id)
-                                                        else ())) if record.owned else "",
+                                                        else ()), ray_ok=self.ray_ok(spec),
+                                    usable=self.usable_gpus()) if record.owned else "",
             gpu_blocks=record.gpu_blocks,
             has_api_key=bool(self._keys(record.id)),
+            gpus=spec.gpu_list,
+            executor=spec.executor,
         )
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
+import errno
+import ipaddress
 import shlex
 import socket
 from collections.abc import Mapping
@@ -11,7 +12,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from webui.services.field_errors import FieldError
 from webui.services.models import ModelInfo, ModelRoots, PathProblem, read_model_info
+from webui.services.placement import (
+    EXECUTORS,
+    UsableGpus,
+    check_gpus,
+    env_prefix,
+    parse_gpus,
+    placement_env,
+    resolve_executor,
+    usable_of,
+)
 from webui.settings import is_loopback
 
 BACKENDS = ("turbomind", "pytorch")
@@ -76,7 +88,7 @@ MAX_KEYS_CHARS = 4096
 FORM_FLAGS = frozenset({
     "--server-name", "--server-port", "--backend", "--model-format", "--quant-policy",
     "--cache-max-entry-count", "--session-len", "--max-batch-size", "--tp", "--model-name", "--api-keys",
-    "--tool-call-parser", "--eager-mode", "--log-level",
+    "--tool-call-parser", "--eager-mode", "--log-level", "--distributed-executor-backend",
 })
 # Other `lmdeploy serve api_server` options (0.18.0 --help) that may be passed through, with whether
 # they take a value. Anything else is refused before a process is started.
@@ -87,7 +99,7 @@ EXTRA_FLAGS: Mapping[str, bool] = MappingProxyType({
     "--enable-abort-handling": False, "--trust-remote-code": False, "--chat-template": True,
     "--reasoning-parser": True, "--revision": True, "--download-dir": True, "--generation-config": True,
     "--adapters": True, "--device": True, "--empty-init": False, "--logprobs-mode": True,
-    "--distributed-executor-backend": True, "--kernel-block-size": True, "--language-model-only": False,
+    "--kernel-block-size": True, "--language-model-only": False,
     "--dtype": True, "--num-gpu-blocks": True, "--cache-block-seq-len": True,
     "--enable-prefix-caching": False, "--max-prefill-token-num": True, "--hf-overrides": True,
     "--disable-metrics": False, "--dp": True, "--ep": True, "--enable-microbatch": False,
@@ -121,11 +133,25 @@ class ServerSpec:
     tool_call_parser: str = ""
     eager_mode: bool = False
     extra_args: str = ""
+    gpus: tuple[int, ...] = ()  # () = every GPU visible, as without the console
+    executor: str = "auto"  # PyTorch engine with tp > 1: auto (LMDeploy's choice, mp without ray) / mp / ray
 
     def to_json_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["api_keys"] = list(self.api_keys)
+        data["gpus"] = list(self.gpus) if isinstance(self.gpus, tuple) else self.gpus
         return data
+
+    @property
+    def gpu_list(self) -> tuple[int, ...]:
+        """The chosen GPUs as numbers (a form or a script may give "0,1"); () when none or unreadable."""
+        gpus = parse_gpus(self.gpus)
+        return gpus if isinstance(gpus, tuple) else ()
+
+    def env(self, usable: UsableGpus | None = None) -> dict[str, str]:
+        """What the server's environment adds to the console's: only its GPUs visible (each named as the console's
+        own CUDA_VISIBLE_DEVICES names it, where that limit is given)."""
+        return placement_env(self.gpu_list, usable)
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> ServerSpec:
@@ -133,6 +159,10 @@ class ServerSpec:
         known.setdefault("model_path", "")
         keys = known.get("api_keys") or ()
         known["api_keys"] = (keys,) if isinstance(keys, str) else tuple(keys)  # one key, never its characters
+        if isinstance(known.get("gpus"), list):
+            known["gpus"] = tuple(known["gpus"])  # a string ("0,1") stays as typed: check_spec reads or refuses it
+        if "executor" not in data and "--distributed-executor-backend" in str(known.get("extra_args") or ""):
+            known["extra_args"], known["executor"] = _executor_out_of_extra_args(str(known["extra_args"]))
         return cls(**known)
 
     @property
@@ -141,17 +171,27 @@ class ServerSpec:
 
     @property
     def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        return local_url(self.host, self.port)
 
 
-@dataclass(frozen=True)
-class FieldError:
-    """One refused field: the form field's name, a catalog key and the values the message needs."""
-
-    field: str
-    key: str
-    params: dict[str, str] = dataclasses.field(default_factory=dict)
+def _executor_out_of_extra_args(text: str) -> tuple[str, str]:
+    """Specs stored before the form had an Executor passed it in extra arguments, which the form now refuses:
+    (extra arguments without it, the executor it named; "auto" for one the form does not offer)."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return text, "auto"
+    executor, kept, i = "auto", [], 0
+    while i < len(words):
+        flag, _, value = words[i].partition("=")
+        if flag == "--distributed-executor-backend":
+            if not value and i + 1 < len(words):
+                value, i = words[i + 1], i + 1
+            executor = value if value in EXECUTORS else "auto"
+        else:
+            kept.append(words[i])
+        i += 1
+    return shlex.join(kept), executor
 
 
 @dataclass(frozen=True)
@@ -213,16 +253,56 @@ def too_long(*fields: tuple[str, str, int]) -> list[FieldError]:
             for name, value, limit in fields if len(value or "") > limit]
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port (bind test, so a refused connect is not mistaken for free)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def listen_host(host: str) -> str:
+    """The address as a server binds it: `[::1]` (as URLs write it) is `::1`."""
+    return host.strip().strip("[]")
+
+
+def local_url(host: str, port: int) -> str:
+    """Where the console reaches a server listening on host:port (a wildcard is reached on the loopback)."""
+    name = listen_host(host)
+    if name in ("0.0.0.0", "::", ""):
+        name = "127.0.0.1"
+    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+
+def bind_problem(port: int, host: str = "127.0.0.1") -> str | None:
+    """None when a server could listen on host:port now (a bind test, so a refused connect is not mistaken for a
+    free port); else the catalog key of why not: the port is taken, or the host is no address of this machine.
+    IPv6 addresses (`::1`, `[::]`) are bound as IPv6."""
+    name = listen_host(host) or "0.0.0.0"
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(name).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a host name: resolved by bind, as uvicorn resolves it
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # no IPv6 on this machine (EAFNOSUPPORT)
+        return "errors.host_not_here"
+    with sock:
         # As uvicorn does: a port whose last connection lingers in TIME_WAIT is free for a new server.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("0.0.0.0" if host in ("0.0.0.0", "") else host, port))
-        except OSError:
-            return False
-    return True
+            sock.bind((name, port))
+        except socket.gaierror:
+            return "errors.host_not_here"
+        except OSError as exc:
+            # EINVAL: an address no socket here can take, such as a link-local one without its %interface
+            return "errors.host_not_here" if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) else "errors.port_in_use"
+    return None
+
+
+def bind_error(problem: str, port: int, host: str) -> FieldError:
+    """A bind problem as the form shows it: on the port field when the port is taken, on host when the host is not
+    this machine's."""
+    if problem == "errors.host_not_here":
+        return FieldError("host", problem, {"host": host})
+    return FieldError("port", problem, {"port": str(port)})
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on host:port."""
+    return bind_problem(port, host) is None
 
 
 def suggest_port(start: int = DEFAULT_PORT, taken: set[int] | None = None) -> int:
@@ -239,13 +319,14 @@ def suggest_port(start: int = DEFAULT_PORT, taken: set[int] | None = None) -> in
 def check_spec(
     spec: ServerSpec,
     roots: ModelRoots,
-    gpu_count: int | None,
+    usable_gpus: UsableGpus | int | None,
     ports_claimed: set[int] | None = None,
     own_port: int | None = None,
 ) -> CheckedSpec | list[FieldError]:
     """Every reason the spec cannot start, or the checked spec. Nothing is spawned here.
 
-    gpu_count is None when NVML is absent (then tp is checked for shape only). own_port is the port of the
+    usable_gpus: the GPUs a server may use (a count means all of that many); None when NVML is absent (then tp
+    is checked for shape only). own_port is the port of the
     server being restarted: its own process still holds it and gives it back before the new one starts.
     """
     errors = too_long(
@@ -297,24 +378,20 @@ def check_spec(
         errors.append(FieldError("session_len", "errors.int_range", {"min": "0", "max": str(MAX_SESSION_LEN)}))
     if not 0 <= spec.max_batch_size <= MAX_BATCH_SIZE:
         errors.append(FieldError("max_batch_size", "errors.int_range", {"min": "0", "max": str(MAX_BATCH_SIZE)}))
+    usable = usable_of(usable_gpus)
     if spec.tp < 1 or spec.tp > MAX_TP or spec.tp & (spec.tp - 1):
         errors.append(FieldError("tp", "errors.tp_power_of_two", {"value": str(spec.tp)}))
-    elif gpu_count is not None and gpu_count > 0 and spec.tp > gpu_count:
-        errors.append(FieldError("tp", "errors.tp_too_large", {"value": str(spec.tp), "gpus": str(gpu_count)}))
-    elif gpu_count == 0 and spec.tp > 1:
-        errors.append(FieldError("tp", "errors.tp_too_large", {"value": str(spec.tp), "gpus": "0"}))
-    if not 1024 <= spec.port <= 65535:
-        errors.append(FieldError("port", "errors.port_range", {"value": str(spec.port)}))
-    elif spec.port in (ports_claimed or set()):
-        errors.append(FieldError("port", "errors.port_claimed", {"port": str(spec.port)}))
-    elif spec.port != own_port and not port_is_free(spec.port, spec.host):
-        errors.append(FieldError("port", "errors.port_in_use", {"port": str(spec.port)}))
-    if not is_loopback(spec.host) and not spec.api_keys:
-        errors.append(FieldError("host", "errors.server_open_without_key", {"host": spec.host}))
-    for key in spec.api_keys:
-        if not key or any(c.isspace() for c in key):
-            errors.append(FieldError("api_keys", "errors.api_key_space", {}))
-            break
+    elif usable.count is not None and spec.tp > max(usable.count, 1):
+        errors.append(FieldError("tp", "errors.tp_too_large", {"value": str(spec.tp), "gpus": str(usable.count)}))
+    gpus = parse_gpus(spec.gpus)
+    if isinstance(gpus, FieldError):
+        errors.append(gpus)
+    else:
+        errors += check_gpus(gpus, usable, spec.tp)
+    if spec.executor not in EXECUTORS:
+        errors.append(FieldError("executor", "errors.choice",
+                                 {"value": str(spec.executor), "choices": ", ".join(EXECUTORS)}))
+    errors += check_listening(spec.host, spec.port, spec.api_keys, ports_claimed, own_port)
     if spec.model_name and (spec.model_name != spec.model_name.strip() or "\n" in spec.model_name):
         errors.append(FieldError("model_name", "errors.model_name_space", {}))
     extra = split_extra_args(spec.extra_args)
@@ -327,17 +404,38 @@ def check_spec(
     return CheckedSpec(spec=spec, model_dir=model_dir)
 
 
-def build_argv(checked: CheckedSpec, python: str) -> list[str]:
-    """The exact api_server command as an argv list, started through `python -m lmdeploy`."""
-    return [python, "-m", "lmdeploy", *cli_args(checked.spec, str(checked.model_dir))]
+def check_listening(host: str, port: int, api_keys: tuple[str, ...], ports_claimed: set[int] | None = None,
+                    own_port: int | None = None) -> list[FieldError]:
+    """Where a server or the proxy listens, and its keys: a port in range, not another console server's, free
+    here (own_port: a restart's own, still held); a host of this machine; a key for a host beyond the loopback
+    (LMDeploy's own servers would be open to the network); keys without spaces."""
+    errors: list[FieldError] = []
+    if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:  # a script's "8000" too
+        errors.append(FieldError("port", "errors.port_range", {"value": str(port)[:40]}))
+    elif port in (ports_claimed or set()):
+        errors.append(FieldError("port", "errors.port_claimed", {"port": str(port)}))
+    elif port != own_port and (problem := bind_problem(port, host)):
+        errors.append(bind_error(problem, port, host))
+    if not is_loopback(host) and not api_keys:
+        errors.append(FieldError("host", "errors.server_open_without_key", {"host": host}))
+    if any(not key or any(c.isspace() for c in key) for key in api_keys):
+        errors.append(FieldError("api_keys", "errors.api_key_space", {}))
+    return errors
 
 
-def cli_args(spec: ServerSpec, model_dir: str) -> list[str]:
-    """Arguments after `lmdeploy`: pure, so the preview and the real command cannot drift apart."""
+def build_argv(checked: CheckedSpec, python: str, ray_ok: bool | None = None) -> list[str]:
+    """The exact api_server command as an argv list, started through `python -m lmdeploy` (in spec.env)."""
+    return [python, "-m", "lmdeploy", *cli_args(checked.spec, str(checked.model_dir), ray_ok)]
+
+
+def cli_args(spec: ServerSpec, model_dir: str, ray_ok: bool | None = None) -> list[str]:
+    """Arguments after `lmdeploy`: pure, so the preview and the real command cannot drift apart.
+
+    ray_ok: whether `ray` imports in LMDeploy's interpreter (None: unknown), for the executor `auto` resolves to."""
     args = [
         "serve", "api_server", model_dir,
         "--backend", spec.backend,
-        "--server-name", spec.host,
+        "--server-name", listen_host(spec.host),
         "--server-port", str(spec.port),
         "--cache-max-entry-count", _fraction(spec.cache_max_entry_count),
         "--tp", str(spec.tp),
@@ -358,6 +456,9 @@ def cli_args(spec: ServerSpec, model_dir: str) -> list[str]:
         args += ["--tool-call-parser", spec.tool_call_parser]
     if spec.eager_mode:
         args.append("--eager-mode")
+    executor, _note = resolve_executor(spec.executor, spec.tp, spec.backend, ray_ok)
+    if executor:
+        args += ["--distributed-executor-backend", executor]
     if spec.api_keys:
         args += ["--api-keys", *spec.api_keys]
     extra = split_extra_args(spec.extra_args)
@@ -366,11 +467,13 @@ def cli_args(spec: ServerSpec, model_dir: str) -> list[str]:
     return args
 
 
-def command_preview(spec: ServerSpec, model_dir: str | None = None) -> str:
-    """The copyable shell form of the command, one option a line, API keys masked (never shown or logged)."""
+def command_preview(spec: ServerSpec, model_dir: str | None = None, ray_ok: bool | None = None,
+                    usable: UsableGpus | None = None) -> str:
+    """The copyable shell form of the command, one option a line, API keys masked (never shown or logged),
+    after the environment it runs in (its GPUs)."""
     masked = replace(spec, api_keys=tuple("<API_KEY>" for _ in spec.api_keys))
-    args = cli_args(masked, model_dir or spec.model_path or "<model>")
-    lines = [shlex.join(["lmdeploy", *args[:3]])]
+    args = cli_args(masked, model_dir or spec.model_path or "<model>", ray_ok)
+    lines = [env_prefix(spec.env(usable)) + shlex.join(["lmdeploy", *args[:3]])]
     for word in args[3:]:
         if word.startswith("--") or not lines[1:]:
             lines.append(shlex.quote(word))

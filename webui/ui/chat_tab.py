@@ -7,6 +7,7 @@ the numbers of each reply and the id of the request in flight (so Stop can close
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,15 @@ from webui.services.chat import (
     export_markdown,
     with_system,
 )
+from webui.services.server_states import ServerState
 from webui.ui import forms
 from webui.ui.common import as_int, format_errors, locale_of, reply_numbers
-from webui.ui.target_picker import TargetHandlers, TargetPicker, build_target_picker, wire_target_picker
+from webui.ui.target_picker import OTHER_URL, TargetHandlers, TargetPicker, build_target_picker, wire_target_picker
+
+# At most one update of the streaming reply per this many seconds (the last always shows): each update sends and
+# re-renders the whole reply, so one per token makes a long reply's page sluggish (a click on Stop can wait behind
+# it), while 20 a second still reads as streaming.
+REDRAW_S = 0.05
 
 
 def empty_state() -> dict[str, Any]:
@@ -76,13 +83,17 @@ class ChatHandlers:
                 self.catalog, errors, locale, "chat")
             return
         text = ""
+        shown_at = 0.0
         try:
             endpoint = self.targets.endpoint(target, base_url, api_key, model)
             for event in self.chat.stream(endpoint, with_system(messages, system_prompt), params,
                                           request_id=state["request_id"]):
                 if event.stats is None:
                     text += event.content
-                    yield [*chatbot, {"role": "assistant", "content": text}], state, gr.skip(), ""
+                    now = time.monotonic()
+                    if now - shown_at >= REDRAW_S:  # the page re-renders the whole reply on each update
+                        shown_at = now
+                        yield [*chatbot, {"role": "assistant", "content": text}], state, gr.skip(), ""
                     continue
                 stats = event.stats.as_dict()
                 done = {"messages": [*messages, {"role": "assistant", "content": text}],
@@ -91,6 +102,26 @@ class ChatHandlers:
         except ChatError as exc:
             failed = {**state, "messages": messages[:-1], "request_id": ""}
             yield chatbot[:-1], failed, self.stats_table(failed, locale), self.targets.error_text(exc, locale)
+
+    def offer_wake(self, target: str | None) -> gr.Button:
+        """Show Wake while the chosen console server is asleep (the notice has just explained its 503)."""
+        snap = self.targets.servers.get(target) if target and target != OTHER_URL else None
+        return gr.Button(visible=bool(snap and snap.state == ServerState.SLEEPING))
+
+    def wake_target(self, target: str | None, request: gr.Request) -> tuple[str, gr.Button]:
+        """Wake the chosen server (LMDeploy's POST /wakeup) from the Chat tab: READY again, send once more."""
+        locale = locale_of(request)
+        if not target or target == OTHER_URL or self.targets.servers.get(target) is None:
+            return "", gr.Button(visible=False)
+        outcome = self.targets.servers.wake(target)
+        if outcome.error:
+            params = {k: str(v) for k, v in outcome.params.items()}
+            if "state" in params:
+                params["state"] = self.catalog.text(f"serve.state.{params['state']}", locale)
+                params["needs"] = self.catalog.text(f"serve.state.{params['needs']}", locale)
+            return "⚠ " + self.catalog.text(outcome.error, locale, **params), gr.Button(visible=True)
+        return self.catalog.text("chat.woke", locale, id=target, seconds=f"{outcome.seconds or 0:.2f}"), \
+            gr.Button(visible=False)
 
     def stop_reply(self, state: dict[str, Any]) -> None:
         """Close the stream in flight: the server aborts the request and frees its slot."""
@@ -199,6 +230,7 @@ def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18
                 regenerate = gr.Button(i18n("chat.regenerate_button"), size="sm", elem_id="chat-regenerate")
                 clear = gr.Button(i18n("chat.clear_button"), size="sm", elem_id="chat-clear")
             notice = gr.Markdown(elem_id="chat-notice")
+            wake = gr.Button(i18n("chat.wake_button"), size="sm", visible=False, elem_id="chat-wake")
         with gr.Column(scale=2):
             system_prompt = gr.Textbox(label=i18n("chat.system_prompt.label"), lines=3,
                                        placeholder=i18n("chat.system_prompt.placeholder"))
@@ -228,10 +260,14 @@ def build_chat_tab(handlers: ChatHandlers, targets: TargetHandlers, i18n: gr.I18
     for trigger in (send.click, message.submit):
         trigger(handlers.add_message, [message, chatbot, state], [message, chatbot, state],
                               queue=False, **private).then(
-            handlers.stream_reply, reply_inputs, reply_outputs, concurrency_limit=None, **private)
+            handlers.stream_reply, reply_inputs, reply_outputs, concurrency_limit=None, **private).then(
+            handlers.offer_wake, picker.target, wake, queue=False, **private)
     regenerate.click(handlers.regenerate, [chatbot, state], [chatbot, state], queue=False,
                      **private).then(
-        handlers.stream_reply, reply_inputs, reply_outputs, concurrency_limit=None, **private)
+        handlers.stream_reply, reply_inputs, reply_outputs, concurrency_limit=None, **private).then(
+        handlers.offer_wake, picker.target, wake, queue=False, **private)
+    picker.target.change(handlers.offer_wake, picker.target, wake, queue=False, **private)
+    wake.click(handlers.wake_target, picker.target, [notice, wake], concurrency_id="server_control", **private)
     # NOTE: no `cancels=`: closing the stream ends the generator normally, so the partial reply and its
     # numbers are kept (marked stopped) and the server sees the disconnect at once.
     stop.click(handlers.stop_reply, state, None, queue=False, **private)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import json
 import math
 import re
 import typing
@@ -48,7 +49,7 @@ FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 class Rule:
     """How one raw value becomes a typed one: its kind, how long it may be, and the field its errors name."""
 
-    kind: str  # text, path, paths, host, int, float, flag
+    kind: str  # text, numbers, path, paths, host, int, float, flag
     max_chars: int = 256  # text and host (paths are measured in bytes, per name and in all)
     required: bool = False  # the API parameter has no default (the dataclass still has one, for parsing)
     error_field: str = ""  # when the page labels the field under another name (calib_paths → calib_files)
@@ -56,6 +57,12 @@ class Rule:
 
 def text(default: str = "", max_chars: int = 256) -> Any:
     return field(default=default, metadata={RULE: Rule("text", max_chars)})
+
+
+def numbers(default: str = "", max_chars: int = 256) -> Any:
+    """Text such as "0,1" that an API client may also send as a JSON list ([0, 1]): the list is read as its JSON
+    text, for the field's own check to judge."""
+    return field(default=default, metadata={RULE: Rule("numbers", max_chars)})
 
 
 def path(default: str = "", required: bool = False) -> Any:
@@ -199,6 +206,8 @@ def convert(rule: Rule, name: str, value: Any, default: Any) -> Any:
         if word == "":
             return default
         return FieldError(field_name, "errors.not_true_false", {"value": shown})
+    if rule.kind == "numbers" and isinstance(value, (list, tuple)):
+        value = json.dumps(list(value))[:rule.max_chars + 1]  # anything but a list of numbers is refused as such
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return FieldError(field_name, "errors.not_text", {"kind": type(value).__name__})
     text_value = str(value)

@@ -40,6 +40,10 @@ def _clock(t: float) -> datetime:
     return datetime.fromtimestamp(t)
 
 
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.1f}%"
+
+
 class MemoryHandlers:
     """Event handlers of the Memory tab; they read the MemoryService snapshots and the pure planner."""
 
@@ -143,17 +147,19 @@ class MemoryHandlers:
         return gr.Dropdown(choices=[*PRESETS, *folders], value=current or next(iter(PRESETS)))
 
     def gpu_dropdown(self, current: str | None) -> gr.Dropdown:
-        """The detected GPU first (picked unless the user chose a size), then the sizes people plan for."""
+        """The detected GPUs first (the first picked unless the user chose a size or another detected GPU that is
+        still there), then the sizes people plan for."""
         choices = self.gpu_choices()
-        detected = [v for _, v in choices if v.startswith(DETECTED)]
-        value = current if current and not current.startswith(DETECTED) and current != DEFAULT_GPU else (
-            detected[0] if detected else current)
+        values = [v for _, v in choices]
+        detected = [v for v in values if v.startswith(DETECTED)]
+        value = current if current in values and current != DEFAULT_GPU else (detected[0] if detected else current)
         return gr.Dropdown(choices=choices, value=value)
 
     def gpu_choices(self) -> list[tuple[str, str]]:
+        """Every detected GPU by its NVML number (two alike stay two choices), then the usual sizes."""
         snap = self.memory.snapshot()
-        detected = [(f"{d['name']} ({d['total_mib']:,.0f} MiB)", f"{DETECTED}:{d['total_mib']:.0f}")
-                    for d in snap["devices"][:1]]
+        detected = [(f"GPU {d['gpu']}: {d['name']} ({d['total_mib']:,.0f} MiB)",
+                     f"{DETECTED}:{d['gpu']}:{d['total_mib']:.0f}") for d in snap["devices"]]
         return [*detected, *[(name, str(mib)) for name, mib in GPU_SIZES_MIB.items()]]
 
     def shape_of(self, source: str, locale: str) -> tuple[ModelShape | None, str]:
@@ -177,7 +183,7 @@ class MemoryHandlers:
         shape, problem = self.shape_of(source, locale)
         if shape is None:
             return None, problem
-        mib = float(gpu.split(":", 1)[1]) if gpu.startswith(DETECTED) else float(gpu or 0)
+        mib = float(gpu.rsplit(":", 1)[1]) if gpu.startswith(DETECTED) else float(gpu or 0)  # detected:GPU:MiB
         if mib <= 0:
             return None, self.catalog.text("memory.msg.no_gpu_size", locale)
         awq = weights == "awq" or bool(shape.awq_group_size)
@@ -246,24 +252,24 @@ class MemoryHandlers:
             detail = result.get("detail", "")  # a parser's or NVML's own words: quoted
             return "⚠ " + self.catalog.text(f"memory.compare_error.{result['error']}", locale,
                                             detail=f"`{detail}`" if detail else "")
-        predicted, measured, error = result["predicted"], result["measured"], result["error_percent"]
         t = self.catalog.text
-
-        def pct(value: float | None) -> str:
-            return "—" if value is None else f"{value:+.1f}%"
-
+        measured, error = result["measured"], result["error_percent"]
+        rows = result.get("per_gpu") or []
         lines = [f"| | {t('memory.compare.predicted', locale)} | {t('memory.compare.measured', locale)} | "
-                 f"{t('memory.compare.error', locale)} |", "|---|---|---|---|",
-                 f"| {t('memory.compare.device', locale)} | {predicted['total_bytes'] / MIB:,.0f} MiB | "
-                 f"{measured['device_used_bytes'] / MIB:,.0f} MiB | {pct(error['total'])} |",
-                 f"| {t('memory.compare.server', locale)} | "
-                 f"{(predicted['total_bytes'] - measured['others_bytes']) / MIB:,.0f} MiB | "
-                 f"{measured['server_tree_bytes'] / MIB:,.0f} MiB | {pct(error['server'])} |",
-                 f"| {t('memory.compare.blocks', locale)} | {predicted['blocks']:,} | "
-                 f"{measured['engine_blocks'] or '—'} | {pct(error['blocks'])} |"]
+                 f"{t('memory.compare.error', locale)} |", "|---|---|---|---|"]
+        for row in rows:
+            if len(rows) > 1:  # one group per GPU: the planner predicts one GPU, each is measured alone
+                lines.append(f"| **GPU {row['gpu']}** · {row['name']} | | | |")
+            lines += [f"| {t('memory.compare.device', locale)} | {row['predicted_total_bytes'] / MIB:,.0f} MiB | "
+                      f"{row['device_used_bytes'] / MIB:,.0f} MiB | {_pct(row['error_percent']['total'])} |",
+                      f"| {t('memory.compare.server', locale)} | {row['predicted_server_bytes'] / MIB:,.0f} MiB | "
+                      f"{row['server_tree_bytes'] / MIB:,.0f} MiB | {_pct(row['error_percent']['server'])} |"]
+        predicted = result["predicted"]
+        lines.append(f"| {t('memory.compare.blocks', locale)} | {predicted['blocks']:,} | "
+                     f"{measured['engine_blocks'] or '—'} | {_pct(error['blocks'])} |")
         if measured["engine_cache_budget_bytes"]:
             lines.append(f"| {t('memory.compare.budget', locale)} | {predicted['kv_pool_bytes'] / MIB:,.0f} MiB | "
-                         f"{measured['engine_cache_budget_bytes'] / MIB:,.0f} MiB | {pct(error['cache_budget'])} |")
+                         f"{measured['engine_cache_budget_bytes'] / MIB:,.0f} MiB | {_pct(error['cache_budget'])} |")
         return "\n".join(lines)
 
     # scripting -------------------------------------------------------------------------------------

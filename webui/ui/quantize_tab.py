@@ -64,6 +64,7 @@ class QuantizeValues:
     search_scale: bool = forms.flag(AwqSpec.search_scale)
     dtype: str = forms.text(AwqSpec.dtype, max_chars=64)
     device: str = forms.text(AwqSpec.device, max_chars=64)
+    gpu: int = forms.whole(AwqSpec.gpu)  # NVML number; ignored on the cpu
     trust_remote_code: bool = forms.flag(AwqSpec.trust_remote_code)
 
     def to_spec(self) -> AwqSpec:
@@ -73,7 +74,7 @@ class QuantizeValues:
             calib_dataset=self.calib_dataset, calib_files=files, text_field=self.text_field.strip() or "text",
             calib_samples=self.calib_samples, calib_seqlen=self.calib_seqlen, batch_size=self.batch_size,
             w_bits=self.w_bits, w_group_size=self.w_group_size, w_sym=self.w_sym, search_scale=self.search_scale,
-            dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code,
+            dtype=self.dtype, device=self.device, gpu=self.gpu, trust_remote_code=self.trust_remote_code,
         )
 
 
@@ -99,11 +100,13 @@ class QuantizeForm:
     search_scale: gr.Checkbox
     dtype: gr.Radio
     device: gr.Radio
+    gpu: gr.Number
     trust_remote_code: gr.Checkbox
 
 
 def job_summary(catalog: Catalog, spec: dict[str, Any], locale: str) -> str:
-    """A job's settings in one line, in the page's language: bits and group, calibration, search-scale, device."""
+    """A job's settings in one line, in the page's language: bits and group, calibration, search-scale, device
+    (with the GPU: `cuda:1`; a row from before GPUs were chosen ran on GPU 0)."""
     data_free = spec.get("calib_source") == "none" or not int(spec.get("calib_samples") or 0)
     if data_free:
         calib = catalog.text("quantize.calib_source.none", locale)
@@ -115,7 +118,8 @@ def job_summary(catalog: Catalog, spec: dict[str, Any], locale: str) -> str:
     parts = [f"w{spec.get('w_bits')} g{spec.get('w_group_size')}" + (" sym" if spec.get("w_sym") else ""), calib]
     if spec.get("search_scale"):
         parts.append(catalog.text("quantize.search_scale.label", locale))
-    parts.append(str(spec.get("device", "")))
+    device = str(spec.get("device", ""))
+    parts.append(f"cuda:{spec.get('gpu', 0)}" if device == "cuda" else device)
     return " · ".join(parts)
 
 
@@ -157,7 +161,7 @@ class QuantizeHandlers:
                  f"{checked.layers} {t('quantize.detail.layers', locale)}, ~{e.params / 1e9:.2f} B",
                  f"- {t('quantize.detail.size', locale)}: {size(e.size_before_bytes)} → ~{size(e.size_after_bytes)}",
                  f"- {t('quantize.detail.peak', locale)}: RAM ~{gib(e.ram_peak_bytes)}"
-                 + (f", GPU ~{gib(e.gpu_peak_bytes)}" if checked.spec.device == "cuda" else ""),
+                 + (f", GPU {checked.spec.gpu} ~{gib(e.gpu_peak_bytes)}" if checked.spec.device == "cuda" else ""),
                  f"- {t('quantize.detail.duration', locale)}: ~{duration(e.seconds)}"]
         if e.calib_tokens is not None:
             lines.append(f"- {t('quantize.detail.calib_tokens', locale)}: {e.calib_tokens:,}")
@@ -173,6 +177,10 @@ class QuantizeHandlers:
             paths.append(self.jobs.accept_upload(upload if isinstance(upload, str) else upload.name,
                                                  self.settings.upload_dir))
         return "\n".join(paths), None
+
+    def gpu_visibility(self, device: str) -> gr.Number:
+        """The GPU matters only to a cuda job."""
+        return gr.Number(visible=device == "cuda")
 
     def calibration_defaults(self, calib_source: str, samples: float | None, seqlen: float | None) -> tuple[
         gr.Dropdown, gr.File, gr.Textbox, gr.Textbox, gr.Number, gr.Number
@@ -395,6 +403,9 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
             with gr.Row():
                 device = gr.Radio(list(DEVICES), value=defaults.device, label=i18n("quantize.device.label"),
                                   info=i18n("quantize.device.info"), elem_id="quantize-device")
+                gpu = gr.Number(value=defaults.gpu, precision=0, minimum=0, label=i18n("quantize.gpu.label"),
+                                info=i18n("quantize.gpu.info"), visible=defaults.device == "cuda",
+                                elem_id="quantize-gpu")
                 dtype = gr.Radio(list(DTYPES), value=defaults.dtype,
                                  label=i18n("quantize.dtype.label"), info=i18n("quantize.dtype.info"))
             with gr.Row():
@@ -426,7 +437,7 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
         model_path=model_path, output_dir=output_dir, calib_source=calib_source, calib_dataset=calib_dataset,
         calib_paths=calib_paths, text_field=text_field, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
         batch_size=batch_size, w_bits=w_bits, w_group_size=w_group_size, w_sym=w_sym, search_scale=search_scale,
-        dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+        dtype=dtype, device=device, gpu=gpu, trust_remote_code=trust_remote_code,
     )
     inputs = QUANTIZE_FORM.inputs(form)
     preflight_fn = QUANTIZE_FORM.bind(handlers.preflight)
@@ -439,6 +450,7 @@ def build_quantize_tab(demo: gr.Blocks, handlers: QuantizeHandlers, i18n: gr.I18
     calib_source.change(handlers.calibration_defaults, [calib_source, calib_samples, calib_seqlen],
                         [calib_dataset, calib_uploads, calib_paths, text_field, calib_samples, calib_seqlen],
                         api_visibility="private", **quiet)
+    device.change(handlers.gpu_visibility, device, gpu, api_visibility="private", **quiet)
     rescan.click(handlers.refresh_models, model_path, model_path, api_visibility="private")
     calib_uploads.upload(handlers.add_uploads, [calib_uploads, calib_paths], [calib_paths, calib_uploads],
                          api_visibility="private")

@@ -11,7 +11,11 @@ import gradio as gr
 import pandas as pd
 
 from webui.i18n.catalog import Catalog
+from webui.services.fit import GpuFit, check_fit
+from webui.services.gpu import GpuProbe
 from webui.services.models import ModelInfo, ModelRoots, read_model_info
+from webui.services.placement import EXECUTORS, parse_gpus
+from webui.services.planner import MIB
 from webui.services.serve import ServerManager, ServerSnapshot, normalize_base_url
 from webui.services.serve_spec import (
     BACKENDS,
@@ -49,14 +53,19 @@ class ServeValues:
     tool_call_parser: str = forms.text(ServerSpec.tool_call_parser, max_chars=64)
     eager_mode: bool = forms.flag(ServerSpec.eager_mode)
     extra_args: str = forms.text(ServerSpec.extra_args, max_chars=4096)
+    gpus: str = forms.numbers("", max_chars=400)  # NVML numbers, "0,1"; empty = every GPU visible
+    executor: str = forms.text(ServerSpec.executor, max_chars=16)
 
     def to_spec(self) -> ServerSpec:
+        gpus = parse_gpus(self.gpus)  # unreadable text goes on as typed: the spec check names the field
         return ServerSpec(
             model_path=self.model_path.strip(), backend=self.backend, model_format=self.model_format,
             kv_policy=self.kv_policy, cache_max_entry_count=self.cache_max_entry_count, session_len=self.session_len,
             max_batch_size=self.max_batch_size, tp=self.tp, port=self.port, host=self.host,
             model_name=self.model_name, api_keys=tuple(self.api_keys.replace(",", " ").split()),
             tool_call_parser=self.tool_call_parser, eager_mode=self.eager_mode, extra_args=self.extra_args,
+            gpus=gpus if isinstance(gpus, tuple) else self.gpus,  # type: ignore[arg-type]
+            executor=self.executor.strip(),
         )
 
 
@@ -82,18 +91,24 @@ class ServeForm:
     tool_call_parser: gr.Dropdown
     eager_mode: gr.Checkbox
     extra_args: gr.Textbox
+    gpus: gr.Textbox
+    executor: gr.Dropdown
 
 
 class ServeHandlers:
     """Event handlers of the Serve tab; they read and command the ServerManager and never touch processes.
 
     preview_command and start_server take the form as one parsed value (bind them with SERVE_FORM.bind).
+    `gpu` (the app's one NVML probe) lets the preview say whether the launch fits on its GPUs; without it, or
+    without NVML, nothing is said.
     """
 
-    def __init__(self, manager: ServerManager, roots: ModelRoots, catalog: Catalog) -> None:
+    def __init__(self, manager: ServerManager, roots: ModelRoots, catalog: Catalog,
+                 gpu: GpuProbe | None = None) -> None:
         self.manager = manager
         self.roots = roots
         self.catalog = catalog
+        self.gpu = gpu
 
     # form ----------------------------------------------------------------------------------------
     def problems(self, form: forms.Parsed[ServeValues]) -> list[FieldError]:
@@ -111,6 +126,33 @@ class ServeHandlers:
         # A refused value was replaced by its default: a command with that default would be a guess.
         command = "" if form.errors else self.manager.preview(form.values.to_spec())
         return command, status
+
+    def preview_placement(self, form: forms.Parsed[ServeValues], request: gr.Request | None) -> str:
+        """Under the command: what the executor `auto` chose, and whether the launch fits on each of its GPUs
+        with what they hold now (one short line a GPU)."""
+        locale = locale_of(request)
+        if form.errors:
+            return ""
+        spec = form.values.to_spec()
+        lines = []
+        if note := self.manager.executor_note(spec):
+            lines.append("ℹ " + self.catalog.text(note, locale))
+        checked = self.manager.check(spec)
+        refused = {e.field for e in checked} if isinstance(checked, list) else set()
+        if not refused & {"model_path", "gpus", "tp"}:  # the GPUs are known and the model reads
+            devices = self.gpu.devices() if self.gpu is not None else []
+            usable = self.manager.usable_gpus()
+            if not usable.opaque:  # under MIG slices NVML's GPUs are not the ones the server gets
+                lines += [self.fit_line(fit, locale) for fit in check_fit(spec, self.roots, devices, usable.indices)]
+        return "\n\n".join(lines)
+
+    def fit_line(self, fit: GpuFit, locale: str) -> str:
+        """`GPU 1 (H200): 61,230 of 143,771 MiB predicted ✓`, or what does not fit."""
+        params = {"gpu": str(fit.gpu), "name": html.escape(fit.name), "predicted": f"{fit.predicted_bytes / MIB:,.0f}",
+                  "total": f"{fit.total_bytes / MIB:,.0f}", "used": f"{fit.used_bytes / MIB:,.0f}",
+                  "free": f"{max(fit.total_bytes - fit.used_bytes, 0) / MIB:,.0f}",
+                  "needs": f"{fit.base_bytes / MIB:,.0f}", "weights": f"{fit.weights_bytes / MIB:,.0f}"}
+        return self.catalog.text("serve.fit.fits" if fit.fits else "serve.fit.does_not_fit", locale, **params)
 
     def refresh_models(self, current: str | None) -> gr.Dropdown:
         return model_choices(self.roots, current)
@@ -228,9 +270,11 @@ class ServeHandlers:
                 t("serve.col.state", locale): t(f"serve.state.{s.state}", locale),
                 t("serve.col.model", locale): short_model(s.model_id or s.model_path),
                 t("serve.col.config", locale): config,
+                t("serve.col.gpus", locale): (",".join(map(str, s.gpus)) or t("serve.msg.all_gpus", locale))
+                if s.owned else "",
                 t("serve.col.uptime", locale): duration(s.uptime_seconds),
             })
-        columns = [t(f"serve.col.{c}", locale) for c in ("active", "id", "state", "model", "config", "uptime")]
+        columns = [t(f"serve.col.{c}", locale) for c in ("active", "id", "state", "model", "config", "gpus", "uptime")]
         return pd.DataFrame(rows, columns=columns)
 
     def server_log(self, server_id: str | None) -> str:
@@ -424,6 +468,11 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                     ["", *TOOL_CALL_PARSERS], value="", label=i18n("serve.tool_call_parser.label"),
                     info=i18n("serve.tool_call_parser.info"),
                 )
+            with gr.Row():
+                gpus = gr.Textbox(value="", label=i18n("serve.gpus.label"), info=i18n("serve.gpus.info"),
+                                  placeholder=i18n("serve.gpus.placeholder"), elem_id="serve-gpus")
+                executor = gr.Dropdown(list(EXECUTORS), value=default.executor, label=i18n("serve.executor.label"),
+                                       info=i18n("serve.executor.info"), elem_id="serve-executor")
             with gr.Accordion(i18n("serve.advanced"), open=False):
                 with gr.Row():
                     session_len = gr.Number(value=0, precision=0, minimum=0, label=i18n("serve.session_len.label"),
@@ -444,6 +493,7 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
                                         placeholder=i18n("serve.extra_args.placeholder"), elem_id="serve-extra-args")
             command = gr.Code(label=i18n("serve.command.label"), language="shell", interactive=False,
                               elem_id="serve-command")
+            placement = gr.Markdown(elem_id="serve-placement")
             form_status = gr.Markdown(elem_id="serve-form-status")
             with gr.Row():
                 start = gr.Button(i18n("serve.start_button"), variant="primary", elem_id="serve-start")
@@ -476,7 +526,7 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
         model_path=model_path, backend=backend, model_format=model_format, kv_policy=kv_policy,
         cache_max_entry_count=cache_fraction, session_len=session_len, max_batch_size=max_batch_size, tp=tp,
         port=port, host=host, model_name=model_name, api_keys=api_keys, tool_call_parser=tool_call_parser,
-        eager_mode=eager_mode, extra_args=extra_args,
+        eager_mode=eager_mode, extra_args=extra_args, gpus=gpus, executor=executor,
     )
     inputs = SERVE_FORM.inputs(form)
     timer = gr.Timer(1.0)
@@ -484,7 +534,9 @@ def build_serve_tab(demo: gr.Blocks, handlers: ServeHandlers, i18n: gr.I18n) -> 
 
     # always_last: "Serve this" changes the model and its format at once; the last change must win.
     gr.on([c.change for c in inputs], SERVE_FORM.bind(handlers.preview_command), inputs, [command, form_status],
-          api_name="preview_command", trigger_mode="always_last", **forms.RAW_INPUTS, **quiet)
+          api_name="preview_command", trigger_mode="always_last", **forms.RAW_INPUTS, **quiet).then(
+        SERVE_FORM.bind(handlers.preview_placement), inputs, placement, api_visibility="private",
+        **forms.RAW_INPUTS, **quiet)
     model_path.change(handlers.suggest_parser, [model_path, tool_call_parser], tool_call_parser,
                       api_visibility="private", **quiet)
     # Rescanning fills a dropdown: a page action, not a script's (folders are listed with the choices).

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import MODEL_NAME, fake_argv_factory, wait_until
+from tests.conftest import MODEL_NAME, ChatServer, fake_argv_factory, wait_until
 from webui.services.chat import SamplingParams
 from webui.services.container import Services
 from webui.services.load import bearer
@@ -311,5 +311,45 @@ def test_proxy_with_a_key_is_reattached_after_a_console_restart(settings: Settin
         died = services.proxy.wait_for({ServerState.FAILED.value}, 15)
         assert (died.state, died.exit_code) == (ServerState.FAILED.value, -signal.SIGKILL)
         assert services.proxy.add_node(a).error == "errors.proxy_not_ready"
+    finally:
+        services.close()
+
+
+def test_a_llama_cpp_server_is_a_node_beside_console_servers_and_survives_the_heartbeat(
+        settings: Settings, chat_server: ChatServer):
+    """llama.cpp's server (llama-cpp-python, SmolLM2) has no /health: added by URL with its key, the proxy routes
+    chat to it among two console servers, and the heartbeat keeps it (LMDeploy's own dropped it at the first beat);
+    a stand-in that stops answering is still dropped."""
+    services = Services.build(settings, argv_factory=fake_argv_factory())
+    try:
+        a, b = start_server(services, settings), start_server(services, settings)
+        wait_ready(services, a)
+        wait_ready(services, b)
+        key = chat_server.api_key
+        base = start_proxy(services, api_keys=(key,), heartbeat_s=2)
+        assert services.proxy.add_node(a).ok and services.proxy.add_node(b).ok
+        assert httpx.get(chat_server.base_url + "/health", timeout=5).status_code == 404
+        assert services.proxy.add_node(chat_server.base_url + "/v1", api_key=key).ok
+        fleet = services.proxy.fleet_status()
+        llama = {n.url: n for n in fleet.nodes}[chat_server.base_url]
+        assert llama.server_id == "" and llama.served_models == (chat_server.model,) and llama.health == 404
+        assert fleet.mixed_models and set(fleet.models) == {services.servers.get(a).model_id, chat_server.model}
+
+        reply = chat(base, chat_server.model, key=key)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"], reply.text
+        stand_in = chat(base, services.servers.get(a).model_id, key=key)
+        assert stand_in.status_code == 200 and "error_code" not in stand_in.text, stand_in.text
+
+        # b stops answering; after a few beats b is gone and llama.cpp's server is still there, still answering
+        url_b = services.servers.get(b).base_url
+        os.killpg(services.servers.get(b).pid, signal.SIGKILL)
+        wait_until(lambda: url_b not in listed(base, key), 20, "the heartbeat to drop b")
+        time.sleep(5)  # two more beats
+        assert set(listed(base, key)) == {services.servers.get(a).base_url, chat_server.base_url}
+        assert "console: removed node " + url_b in "\n".join(services.proxy.log())
+        again = chat(base, chat_server.model, key=key)
+        assert again.status_code == 200 and "error_code" not in again.text, again.text
+        assert services.proxy.remove_node(chat_server.base_url).ok
+        assert set(listed(base, key)) == {services.servers.get(a).base_url}
     finally:
         services.close()

@@ -451,6 +451,8 @@ class FleetHandlers:
     def _health(self, node: NodeStatus, locale: str) -> str:
         if node.health is None:
             return "✗ " + self.catalog.text("fleet.msg.unreachable", locale)
+        if node.health == 404 and node.served_models:  # a server without /health (llama.cpp's): the heartbeat keeps it
+            return "✓ " + self.catalog.text("fleet.msg.no_health_route", locale)
         return ("✓ " if node.health == 200 else "⚠ ") + str(node.health)
 
 

@@ -9,7 +9,8 @@ imports the module, points its node manager at NODE_FILE instead (an empty NODE_
 over), then hands the arguments to LMDeploy's own CLI unchanged.
 
 It also closes a race of LMDeploy 0.18.0's proxy (see `tolerate_removal`): a node removed with `/nodes/remove`
-while a request was being routed to it answered that request with 500 (KeyError) instead of serving it.
+while a request was being routed to it answered that request with 500 (KeyError) instead of serving it; and its
+heartbeat keeps OpenAI-compatible nodes that have no `/health` route (see `heartbeat_for_any_server`).
 
 API keys come in the environment variable LMDEPLOY_CONSOLE_PROXY_KEYS (a JSON list; a process's environment is
 readable by its own user only), never in argv, which any user of the machine can read with `ps`; they are appended
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 KEYS_ENV = "LMDEPLOY_CONSOLE_PROXY_KEYS"
+HEARTBEAT_TIMEOUT_S = 10  # one node's check; LMDeploy's own has none, so one hung node stalled the heartbeat
 
 
 def main(argv: list[str]) -> None:
@@ -57,6 +59,7 @@ def main(argv: list[str]) -> None:
         manager.config_path = os.devnull
 
     tolerate_removal(manager)
+    heartbeat_for_any_server(manager, keys)
     if keys:
         guard_node_routes(proxy_module.app, keys)
 
@@ -107,6 +110,34 @@ def tolerate_removal(manager: Any) -> None:
 
     manager.pre_call = pre_call
     manager.get_node_url = get_node_url
+
+
+def heartbeat_for_any_server(manager: Any, keys: list[str]) -> None:
+    """LMDeploy's heartbeat drops every node whose `GET /health` is not 200, so a node that is not an LMDeploy
+    api_server and has no such route (llama-cpp-python's server answers 404) was dropped at the first beat while it
+    served well; and it waits on a node that accepts but never answers, with no timeout. Here a node is kept when
+    /health answers 200, or answers 404 while /v1/models answers 200 (asked with the proxy's key: a node with a key
+    has the proxy's); every other node is dropped as before, each check bounded by HEARTBEAT_TIMEOUT_S."""
+    import requests
+
+    plain = {"accept": "application/json"}
+    keyed = {**plain, "Authorization": f"Bearer {keys[0]}"} if keys else plain
+
+    def alive(url: str) -> bool:
+        try:
+            health = requests.get(f"{url}/health", headers=plain, timeout=HEARTBEAT_TIMEOUT_S).status_code
+            if health != 404:
+                return health == 200
+            return requests.get(f"{url}/v1/models", headers=keyed, timeout=HEARTBEAT_TIMEOUT_S).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def remove_stale_nodes_by_expiration() -> None:
+        for url in [url for url in list(manager.nodes) if not alive(url)]:
+            manager.remove(url)
+            print(f"console: removed node {url}: it did not answer the heartbeat", flush=True)
+
+    manager.remove_stale_nodes_by_expiration = remove_stale_nodes_by_expiration
 
 
 if __name__ == "__main__":

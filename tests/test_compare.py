@@ -267,6 +267,16 @@ def test_refused_while_a_quantization_job_holds_the_gpu(compare_services: Servic
     held.add(1)  # a job on GPU 1 distorts nothing on GPU 0: the request is read on (and refused for its order)
     unsorted = CompareRequest(configs=(config(settings), config(settings, "int8")), concurrency=(8, 1))
     assert [e.key for e in busy.submit(unsorted)] == ["compare.err.levels_order"] and busy.snapshots() == []
+    # a server attached on another machine (TEST-NET-2 and -3 addresses, not this machine's) holds none of this
+    # machine's GPUs; one attached on the loopback may hold GPU 0
+    held.clear()
+    held.add(0)
+    remote = [services.servers.attach(f"http://{ip}:23333").id for ip in ("198.51.100.7", "203.0.113.9")]
+    local = services.servers.attach(f"http://127.0.0.1:{suggest_port(24600)}").id
+    errors = busy.submit(CompareRequest(configs=tuple(CompareConfig(server_id=r) for r in remote)))
+    assert [(e.key, e.params.get("server")) for e in errors] == [("compare.err.not_ready", r) for r in remote]
+    errors = busy.submit(CompareRequest(configs=(CompareConfig(server_id=local), CompareConfig(server_id=remote[0]))))
+    assert [(e.key, e.params) for e in errors] == [("compare.err.gpu_job", {"gpus": "0"})]
 
 
 def test_one_comparison_at_a_time(compare_services: Services, settings: Settings):

@@ -249,3 +249,14 @@ def test_rate_and_guest_limits_refuse_with_their_names(guest_side: GuestSide) ->
     assert outcomes == ["", "", "", "rate"]
     assert list(gate.chat(token, "g2", "hi", []))[-1].refused == ""
     assert list(gate.chat(token, "g3", "hi", []))[-1].refused == "guests"
+
+
+@pytest.mark.parametrize(("demo_host", "expected"), [
+    ("127.0.0.1", "http://127.0.0.1:7861"),
+    ("::1", "http://[::1]:7861"),
+    ("[::1]", "http://[::1]:7861"),
+    ("fe80::1", "http://[fe80::1]:7861"),
+])
+def test_the_guest_url_is_a_url_for_ipv4_and_ipv6_demo_hosts(demo_host: str, expected: str, tmp_path: Path) -> None:
+    """The link printed and shown for guests must open: an IPv6 address goes in brackets."""
+    assert Settings(state_dir=tmp_path, demo_host=demo_host, port=7860).guest_url == expected

@@ -118,10 +118,10 @@ class Settings:
     @property
     def guest_url(self) -> str:
         """How guests on this machine or the LAN reach the guest app (a share link, when made, is extra)."""
-        host = self.demo_host
+        host = self.demo_host.strip().strip("[]")
         if host in ("0.0.0.0", "::", ""):
             host = lan_address()
-        return f"http://{host}:{self.guest_port}"
+        return f"http://[{host}]:{self.guest_port}" if ":" in host else f"http://{host}:{self.guest_port}"
 
     @property
     def models_dir(self) -> Path:

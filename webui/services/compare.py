@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -52,7 +53,7 @@ from webui.services.load import (
 from webui.services.processes import ProcessSupervisor
 from webui.services.serve import ServerManager
 from webui.services.serve_log import read_startup
-from webui.services.serve_spec import KV_POLICIES, FieldError, ServerSpec, command_preview
+from webui.services.serve_spec import KV_POLICIES, FieldError, ServerSpec, bind_problem, command_preview
 from webui.services.server_states import ServerState
 from webui.services.store import JobRecord, Store
 from webui.services.workload import Prompt, builtin_prompts, pick, quality_text, read_workload_file
@@ -756,9 +757,12 @@ class CompareManager:
         return frozenset(found)
 
     def _gpus_of_server(self, server_id: str) -> frozenset[int]:
-        """The GPUs a console server runs on: its chosen ones, else the first tp of those the console may use."""
+        """The GPUs a console server runs on: its chosen ones, else the first tp of those the console may use; none
+        for a server attached on another machine (a job here distorts none of its numbers)."""
         snap = self._servers.get(server_id)
         if snap is None:
+            return frozenset()
+        if not snap.owned and bind_problem(0, urlsplit(snap.base_url).hostname or "") == "errors.host_not_here":
             return frozenset()
         spec = ServerSpec(model_path=snap.model_path, tp=snap.tp, gpus=snap.gpus)
         return frozenset(fit_gpus(spec, self._servers.usable_gpus().indices))

@@ -61,6 +61,11 @@ def test_open_host_is_accepted_with_auth(tmp_path: Path) -> None:
     assert settings.model_roots == (tmp_path.resolve(),)
 
 
+def test_an_ipv6_demo_host_given_as_a_url_writes_it_is_bound_as_an_address(tmp_path: Path) -> None:
+    settings = settings_from_args(build_parser().parse_args(["--demo-host", "[::1]", "--state-dir", str(tmp_path)]))
+    assert settings.demo_host == "::1" and settings.guest_url == "http://[::1]:7861"
+
+
 def test_option_error_messages_name_the_option() -> None:
     with pytest.raises(OptionError, match="--host 10.0.0.1"):
         settings_from_args(build_parser().parse_args(["--host", "10.0.0.1"]))

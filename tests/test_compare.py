@@ -415,6 +415,10 @@ def test_a_job_blocks_only_a_comparison_on_its_gpu_and_its_memory_is_not_counted
         services.memory.sampler.tick()
         peak = services.compare._peak_memory(started.server.id, since - 0.01)
         assert peak["peak_gpu_bytes"] == 3 << 30  # GPU 0's alone (both GPUs would read 43 GiB)
+        # a server attached on another machine: none of this machine's memory is its (the whole of it was read)
+        remote = services.servers.attach("http://198.51.100.7:23333")
+        assert services.compare._peak_memory(remote.id, since - 0.01) == {"peak_gpu_bytes": None,
+                                                                          "peak_server_bytes": None}
     finally:
         for snap in services.jobs.snapshots():
             services.jobs.cancel(snap.id)

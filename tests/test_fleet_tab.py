@@ -156,13 +156,13 @@ def test_the_views_word_the_fleet(fleet) -> None:
     assert handlers.fleet_table(fleet_status, "zh").iloc[1, 1] == "远程"
     # a server without /health (llama.cpp's) whose /v1/models answers is healthy to the heartbeat: said so
     no_route = replace(fleet_status, nodes=(node("http://127.0.0.1:18200", health=404),))
-    assert handlers.fleet_table(no_route, "en").iloc[0, 3] == "✓ no /health; /v1/models answers"
-    assert handlers.fleet_table(no_route, "zh").iloc[0, 3] == "✓ 无 /health；/v1/models 有应答"
+    assert handlers.fleet_table(no_route, "en").iloc[0, 3] == "✓ no /health route (kept while the server answers)"
+    assert handlers.fleet_table(no_route, "zh").iloc[0, 3] == "✓ 没有 /health 路由（服务有响应就保留）"
     assert handlers.fleet_table(replace(no_route, nodes=(node("http://x:1", health=503),)), "en").iloc[0, 3] == "⚠ 503"
     notes = handlers.fleet_notes(fleet_status, "en")
     assert "different model names (`other`, `tiny`)" in notes and "requests for one never reach the others" in notes
     assert "`http://127.0.0.1:23399` does not answer" in notes and "within 90 s" in notes  # its URL as code
-    assert "every 90 s the proxy checks each node's /health (or /v1/models" in notes
+    assert "every 90 s the proxy checks each node's /health (a server without" in notes
     assert "不同" in handlers.fleet_notes(fleet_status, "zh")
     proxy = handlers.proxy_markdown(fleet_status.proxy, "en")
     assert "Chat/Tools/Compare target: server fe11a9e0" in proxy and "/state/proxy/proxy_config.json" in proxy

@@ -22,9 +22,11 @@ from webui.services.serve_spec import (
     cli_args,
     command_preview,
     kv_head_dim,
+    on_another_machine,
     split_extra_args,
     suggest_port,
 )
+from webui.settings import lan_address
 
 
 def free_port() -> int:
@@ -218,6 +220,15 @@ def test_a_taken_port_and_a_foreign_host_are_told_apart(good: ServerSpec, roots:
     # TEST-NET-1 is no address of this machine: nothing could listen there, whatever the port
     foreign = replace(good, host="192.0.2.1", api_keys=("sk-1",))
     assert errors_of(foreign, roots) == {"host": "errors.host_not_here"}
+
+
+def test_only_an_address_none_of_this_machines_is_another_machine() -> None:
+    """Compare leaves out the GPUs of a server attached at another machine's address; anything in doubt stays here."""
+    assert on_another_machine("198.51.100.7") and on_another_machine("[2001:db8::7]")
+    for here in ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "::", "gpu-box.example", ""):
+        assert not on_another_machine(here), here  # names are not resolved: no DNS wait, and no GPU left out
+    lan = lan_address()
+    assert lan == "127.0.0.1" or not on_another_machine(lan)  # this machine's own network address
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback")

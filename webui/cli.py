@@ -93,7 +93,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         lmdeploy_python=args.lmdeploy_python,
         keep_servers=args.keep_servers,
         gpu_sample_hz=args.gpu_sample_hz,
-        demo_host=args.demo_host,
+        demo_host=args.demo_host.strip().strip("[]"),  # [::1], as URLs write it, binds as ::1
         demo_port=args.demo_port,
         share_server_address=args.share_server_address,
     )

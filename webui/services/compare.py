@@ -51,9 +51,9 @@ from webui.services.load import (
     worker_argv,
 )
 from webui.services.processes import ProcessSupervisor
-from webui.services.serve import ServerManager
+from webui.services.serve import ServerManager, ServerSnapshot
 from webui.services.serve_log import read_startup
-from webui.services.serve_spec import KV_POLICIES, FieldError, ServerSpec, bind_problem, command_preview
+from webui.services.serve_spec import KV_POLICIES, FieldError, ServerSpec, command_preview, on_another_machine
 from webui.services.server_states import ServerState
 from webui.services.store import JobRecord, Store
 from webui.services.workload import Prompt, builtin_prompts, pick, quality_text, read_workload_file
@@ -607,6 +607,9 @@ class CompareManager:
         samples = [s for s in self._sampler.history(time.time() - since + 1.0) if s.t >= since]
         if not samples:
             return {"peak_gpu_bytes": None, "peak_server_bytes": None}
+        snap = self._servers.get(server_id)
+        if snap is not None and self._elsewhere(snap):  # its memory is on another machine: not read here
+            return {"peak_gpu_bytes": None, "peak_server_bytes": None}
         pids = set(self._owners_of(server_id))
         gpus = self._gpus_of_server(server_id)  # a job on another GPU is not this configuration's memory
         device_peak = max((sum(d.used_bytes for d in s.devices if not gpus or d.index in gpus) for s in samples),
@@ -756,13 +759,18 @@ class CompareManager:
                 found.update(fit_gpus(config.spec, self._servers.usable_gpus().indices))
         return frozenset(found)
 
+    @staticmethod
+    def _elsewhere(snap: ServerSnapshot) -> bool:
+        """An attached server at an address of another machine: none of this machine's GPUs are its."""
+        return not snap.owned and on_another_machine(urlsplit(snap.base_url).hostname or "")
+
     def _gpus_of_server(self, server_id: str) -> frozenset[int]:
         """The GPUs a console server runs on: its chosen ones, else the first tp of those the console may use; none
         for a server attached on another machine (a job here distorts none of its numbers)."""
         snap = self._servers.get(server_id)
         if snap is None:
             return frozenset()
-        if not snap.owned and bind_problem(0, urlsplit(snap.base_url).hostname or "") == "errors.host_not_here":
+        if self._elsewhere(snap):
             return frozenset()
         spec = ServerSpec(model_path=snap.model_path, tp=snap.tp, gpus=snap.gpus)
         return frozenset(fit_gpus(spec, self._servers.usable_gpus().indices))

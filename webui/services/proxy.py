@@ -13,7 +13,7 @@ the state folder), calls its routes and reads its nodes. What LMDeploy 0.18.0's 
 - A heartbeat thread checks every node's `/health` every LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION seconds
   (90 by default) and drops those that do not answer 200; until then a dead node stays listed, and a request
   routed to it is answered 200 with `{"error_code": 10402, ...}`. That dropped every node without a `/health`
-  route (llama-cpp-python's) at the first beat: the worker keeps such a node while its `/v1/models` answers.
+  route (llama-cpp-python's) at the first beat: the worker keeps a node whose `/health` answers 404.
 - `/nodes/remove` races the routing of requests under way (a KeyError, answered 500); the worker closes it.
 - It has no `/health` of its own: it is READY when `GET /nodes/status` answers.
 

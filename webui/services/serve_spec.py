@@ -292,6 +292,19 @@ def bind_problem(port: int, host: str = "127.0.0.1") -> str | None:
     return None
 
 
+def on_another_machine(host: str) -> bool:
+    """True only for an IP address that is none of this machine's (a bind test, no DNS). A host name, or anything in
+    doubt, counts as this machine: a server there may hold this machine's GPUs."""
+    name = listen_host(host)
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if address.is_loopback or address.is_unspecified:
+        return False
+    return bind_problem(0, name) == "errors.host_not_here"
+
+
 def bind_error(problem: str, port: int, host: str) -> FieldError:
     """A bind problem as the form shows it: on the port field when the port is taken, on host when the host is not
     this machine's."""

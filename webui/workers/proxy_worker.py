@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 KEYS_ENV = "LMDEPLOY_CONSOLE_PROXY_KEYS"
-HEARTBEAT_TIMEOUT_S = 10  # one node's check; LMDeploy's own has none, so one hung node stalled the heartbeat
+# One node's check (connect, read). LMDeploy's own has none, so one hung node stalled the heartbeat; its /health may
+# take twice LMDEPLOY_HEALTH_PROBE_TIMEOUT (10 s) to answer when it probes its engine, so the read gets 60 s.
+HEARTBEAT_TIMEOUT_S = (5.0, 60.0)
 
 
 def main(argv: list[str]) -> None:
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> None:
         manager.config_path = os.devnull
 
     tolerate_removal(manager)
-    heartbeat_for_any_server(manager, keys)
+    heartbeat_for_any_server(manager)
     if keys:
         guard_node_routes(proxy_module.app, keys)
 
@@ -112,30 +114,29 @@ def tolerate_removal(manager: Any) -> None:
     manager.get_node_url = get_node_url
 
 
-def heartbeat_for_any_server(manager: Any, keys: list[str]) -> None:
+def heartbeat_for_any_server(manager: Any) -> None:
     """LMDeploy's heartbeat drops every node whose `GET /health` is not 200, so a node that is not an LMDeploy
     api_server and has no such route (llama-cpp-python's server answers 404) was dropped at the first beat while it
-    served well; and it waits on a node that accepts but never answers, with no timeout. Here a node is kept when
-    /health answers 200, or answers 404 while /v1/models answers 200 (asked with the proxy's key: a node with a key
-    has the proxy's); every other node is dropped as before, each check bounded by HEARTBEAT_TIMEOUT_S."""
+    served well; and it waits with no timeout on a node that accepts but never answers. Here a node whose /health
+    answers 404 is kept too: it is up, and it served models when it was added. (Asking its /v1/models instead
+    would take llama-cpp-python's model lock, which cuts a streamed reply short or waits for it.) Every other
+    node is dropped as LMDeploy drops it, each check bounded by HEARTBEAT_TIMEOUT_S, and a node re-added while
+    the beat ran is not removed by it."""
     import requests
-
-    plain = {"accept": "application/json"}
-    keyed = {**plain, "Authorization": f"Bearer {keys[0]}"} if keys else plain
 
     def alive(url: str) -> bool:
         try:
-            health = requests.get(f"{url}/health", headers=plain, timeout=HEARTBEAT_TIMEOUT_S).status_code
-            if health != 404:
-                return health == 200
-            return requests.get(f"{url}/v1/models", headers=keyed, timeout=HEARTBEAT_TIMEOUT_S).status_code == 200
-        except requests.RequestException:
+            status = requests.get(f"{url}/health", headers={"accept": "application/json"},
+                                  timeout=HEARTBEAT_TIMEOUT_S).status_code
+        except Exception:  # noqa: BLE001 - as LMDeploy's own check: whatever fails, the node did not answer
             return False
+        return status in (200, 404)
 
     def remove_stale_nodes_by_expiration() -> None:
-        for url in [url for url in list(manager.nodes) if not alive(url)]:
-            manager.remove(url)
-            print(f"console: removed node {url}: it did not answer the heartbeat", flush=True)
+        for url, status in list(manager.nodes.items()):
+            if not alive(url) and manager.nodes.get(url) is status:
+                manager.remove(url)
+                print(f"console: removed node {url}: it did not answer the heartbeat", flush=True)
 
     manager.remove_stale_nodes_by_expiration = remove_stale_nodes_by_expiration
 

@@ -56,20 +56,16 @@ def build_i18n(catalog: Catalog) -> gr.I18n:
     return gr.I18n(**catalog.messages)
 
 
-def _timers(*active: bool):
-    """A handler that switches the tabs' timers: only the visible tab polls its services."""
+# The tabs whose timers poll their services, in the order of build_app's `timers`.
+TIMED_TABS = ("models", "quantize", "serve", "memory", "demos", "compare", "fleet")
+
+
+def _timers(on: str | None):
+    """A handler that switches the tabs' timers: only the visible tab (`on`, None for one without a timer) polls
+    its services."""
 
     def switch() -> tuple[gr.Timer, ...]:
-        return tuple(gr.Timer(active=a) for a in active)
-
-    return switch
-
-
-def _timer(active: bool):
-    """A handler that switches one timer (a one-element tuple would reach it as its value, not as an update)."""
-
-    def switch() -> gr.Timer:
-        return gr.Timer(active=active)
+        return tuple(gr.Timer(active=name == on) for name in TIMED_TABS)
 
     return switch
 
@@ -117,43 +113,39 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
             with gr.Tab(i18n("tabs.demos"), id="demos") as demos_tab:
                 demos_ui = build_demos_tab(demo, demos, i18n)
         # Only the visible tab polls its services.
-        timers = [models_ui.timer, quantize_timer, serve_timer, memory_timer, demos_ui.timer, compare_ui.timer]
+        timers = [models_ui.timer, quantize_timer, serve_timer, memory_timer, demos_ui.timer, compare_ui.timer,
+                  fleet_ui.timer]  # as TIMED_TABS
         quiet: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
-        demos_tab.select(_timers(False, False, False, False, True, False), None, timers, **quiet)
-        compare_tab.select(_timers(False, False, False, False, False, True), None, timers, **quiet)
-        models_tab.select(_timers(True, False, False, False, False, False), None, timers, **quiet)
-        quantize_tab.select(_timers(False, True, False, False, False, False), None, timers, **quiet)
-        serve_tab.select(_timers(False, False, True, False, False, False), None, timers, **quiet)
-        memory_tab.select(_timers(False, False, False, True, False, False), None, timers, **quiet)
+        demos_tab.select(_timers("demos"), None, timers, **quiet)
+        compare_tab.select(_timers("compare"), None, timers, **quiet)
+        models_tab.select(_timers("models"), None, timers, **quiet)
+        quantize_tab.select(_timers("quantize"), None, timers, **quiet)
+        serve_tab.select(_timers("serve"), None, timers, **quiet)
+        memory_tab.select(_timers("memory"), None, timers, **quiet)
         for fn, inputs, outputs in memory_open:
             memory_tab.select(fn, inputs, outputs, **quiet)
-        demo.load(_timers(True, False, False, False, False, False), None, timers, **quiet)
-        # The Fleet tab's timer: on while it is open (the others off), off whenever another tab is picked.
-        fleet_tab.select(_timers(False, False, False, False, False, False), None, timers, **quiet)
-        fleet_tab.select(_timer(True), None, fleet_ui.timer, **quiet)
+        demo.load(_timers("models"), None, timers, **quiet)
+        fleet_tab.select(_timers("fleet"), None, timers, **quiet)
         for fn, inputs, outputs in fleet_ui.on_open:
             fleet_tab.select(fn, inputs, outputs, **quiet)
-        for tab in (models_tab, quantize_tab, serve_tab, chat_tab, tools_tab, memory_tab, compare_tab, demos_tab):
-            tab.select(_timer(False), None, fleet_ui.timer, **quiet)
         # Chat and Tools poll nothing; opening them lists the READY servers (the active one first).
         for tab, picker in ((chat_tab, chat_picker), (tools_tab, tools_picker)):
-            tab.select(_timers(False, False, False, False, False, False), None, timers, **quiet)
+            tab.select(_timers(None), None, timers, **quiet)
             tab.select(targets.refresh_targets, picker.target, [picker.target, picker.url_row], **quiet)
             demo.load(targets.refresh_targets, picker.target, [picker.target, picker.url_row], **quiet)
         serve_this.click(quantize.serve_this, job,
                          [serve_form.model_path, serve_form.model_format, tabs, quantize_message],
-                         api_visibility="private").then(_timers(False, False, True, False, False, False), None, timers,
-                                                        **quiet)
+                         api_visibility="private").then(_timers("serve"), None, timers, **quiet)
         models_ui.serve_this.click(models.serve_this, models_ui.selected,
                                    [serve_form.model_path, serve_form.model_format, tabs, models_ui.message],
                                    api_visibility="private").then(
-            _timers(False, False, True, False, False, False), None, timers, **quiet)
+            _timers("serve"), None, timers, **quiet)
         # A repo id typed in a picker that is not on disk: offer its download (never fetched at Start).
         models_inputs = MODELS_FORM.inputs(models_ui.form)
         for model_picker, get_it in ((serve_form.model_path, serve_get), (quantize_model, quantize_get)):
             model_picker.change(models.offer_download, model_picker, get_it, **quiet)
             get_it.click(models.open_in_models, model_picker, [models_ui.form.repo_id, tabs], **quiet).then(
-                _timers(True, False, False, False, False, False), None, timers, **quiet).then(
+                _timers("models"), None, timers, **quiet).then(
                 MODELS_FORM.bind(models.list_files), models_inputs, [models_ui.preview, models_ui.files],
                 **quiet, **RAW_INPUTS)
         # Share this chat: the Demos form starts from the Chat tab's server and settings.
@@ -162,10 +154,10 @@ def build_app(services: Services, catalog: Catalog | None = None) -> tuple[gr.Bl
                               chat_share.max_tokens],
             [demos_ui.form.server_id, demos_ui.form.system_prompt, demos_ui.form.temperature, demos_ui.form.top_p,
              demos_ui.form.max_new_tokens, tabs, demos_ui.message], **quiet).then(
-            _timers(False, False, False, False, True, False), None, timers, **quiet)
+            _timers("demos"), None, timers, **quiet)
         models_ui.quantize_this.click(models.quantize_this, models_ui.selected,
                                       [quantize_model, tabs, models_ui.message],
                                       api_visibility="private").then(
-            _timers(False, True, False, False, False, False), None, timers, **quiet)
+            _timers("quantize"), None, timers, **quiet)
     launch_kwargs: dict[str, Any] = {"i18n": i18n, "css": CSS, "theme": gr.themes.Soft()}
     return demo, launch_kwargs

@@ -52,6 +52,11 @@ def lan_address() -> str:
         probe.close()
 
 
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 address in brackets as URLs (and Ray) want it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def is_loopback(host: str) -> bool:
     """True when `host` only accepts connections from this machine."""
     if host.lower() in LOOPBACK_NAMES:
@@ -121,7 +126,7 @@ class Settings:
         host = self.demo_host.strip().strip("[]")
         if host in ("0.0.0.0", "::", ""):
             host = lan_address()
-        return f"http://[{host}]:{self.guest_port}" if ":" in host else f"http://{host}:{self.guest_port}"
+        return f"http://{host_port(host, self.guest_port)}"
 
     @property
     def models_dir(self) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 
 from webui.services.awq_progress import read_events
-from webui.services.fit import plan_input
+from webui.services.fit import fit_gpus, plan_input
 from webui.services.gpu import DeviceSample, GpuSampler, Sample
 from webui.services.job_states import LIVE_JOB_STATES
 from webui.services.lifecycle import handle_of
@@ -195,7 +195,7 @@ class MemoryService:
 
 def server_gpus(spec: ServerSpec, held: dict[int, int]) -> tuple[int, ...]:
     """A server's GPUs: those its spec chose, else those where NVML shows its process tree, else GPU 0..tp-1."""
-    return spec.gpu_list or tuple(sorted(held)) or tuple(range(max(spec.tp, 1)))
+    return spec.gpu_list or tuple(sorted(held)) or fit_gpus(spec)
 
 
 def _device_row(sample: Sample, index: int) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from webui.services.load import bearer
 from webui.services.placement import env_prefix
 from webui.services.processes import ProcessHandle, ProcessSupervisor, StopTicket
 from webui.services.secrets import SecretStore
-from webui.services.serve import ServerManager, normalize_base_url
+from webui.services.serve import ServerManager, model_ids, normalize_base_url
 from webui.services.serve_log import tail
 from webui.services.serve_spec import (
     MAX_KEYS_CHARS,
@@ -59,6 +59,7 @@ from webui.services.serve_spec import (
 )
 from webui.services.server_states import ServerState, is_live
 from webui.services.store import Store
+from webui.workers.proxy_worker import KEYS_ENV  # read (and removed from its environment) by the worker
 
 __all__ = (
     "FleetStatus", "NodeOutcome", "NodeStatus", "ProxyManager", "ProxyOutcome", "ProxySnapshot", "ProxySpec",
@@ -75,7 +76,6 @@ RECORD_PREF = "proxy.record"
 NODES_PREF = "proxy.nodes"  # node URL -> the console server id it came from ("" for a URL)
 KEYS_SECRET = "proxy/api_keys"
 NODE_KEYS_SECRET = "proxy/node_keys"
-KEYS_ENV = "LMDEPLOY_CONSOLE_PROXY_KEYS"  # read (and removed from its environment) by the proxy worker
 HEARTBEAT_ENV = "LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION"
 NODE_FILE = "proxy_config.json"
 PROBE_TIMEOUT_S = 2.0
@@ -417,7 +417,7 @@ class ProxyManager:
         health = _status(url, "/health", key)
         if health not in (200, 404):
             return NodeOutcome(url, "errors.node_not_ready", {"url": url, "status": str(health or "-")})
-        models = _model_ids(url, key)
+        models = model_ids(url, key, PROBE_TIMEOUT_S)
         if not models:
             return NodeOutcome(url, "errors.node_no_models", {"url": url})
         try:
@@ -498,7 +498,7 @@ class ProxyManager:
             unfinished=int(status.get("unfinished") or 0),
             latency_s=sum(latency) / len(latency) if latency else None,
             health=_status(url, "/health", key),
-            served_models=tuple(_model_ids(url, key)),
+            served_models=tuple(model_ids(url, key, PROBE_TIMEOUT_S)),
             kv_usage=parse_kv_usage(metrics) if metrics else None,
             running=metric_sum(metrics, RUNNING_METRIC) if metrics else None,
             waiting=metric_sum(metrics, WAITING_METRIC) if metrics else None,
@@ -665,13 +665,3 @@ def _text(url: str, path: str, key: str) -> str:
         return resp.text if resp.status_code == 200 else ""
     except httpx.HTTPError:
         return ""
-
-
-def _model_ids(url: str, key: str) -> list[str]:
-    try:
-        with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
-            resp = client.get(url + "/v1/models", headers=bearer(key))
-        data = resp.json().get("data") if resp.status_code == 200 else None
-        return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")] if isinstance(data, list) else []
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return []

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from webui.services.field_errors import FieldError
-from webui.settings import is_loopback
+from webui.settings import host_port, is_loopback
 
 DEFAULT_RAY_PORT = 6379
 DEFAULT_API_PORT = 23333
@@ -286,11 +286,6 @@ def check_cluster_spec(spec: RayClusterSpec) -> list[FieldError]:
     if not isinstance(spec.socket_ifname, str) or (spec.socket_ifname and not IFNAME.match(spec.socket_ifname)):
         errors.append(FieldError("socket_ifname", "ray.err.ifname", {"value": str(spec.socket_ifname)[:40]}))
     return errors
-
-
-def host_port(host: str, port: int) -> str:
-    """HOST:PORT, with an IPv6 address in brackets as Ray and URLs want it."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _step(where: str, argv: list[str], env: tuple[tuple[str, str], ...], note_key: str,

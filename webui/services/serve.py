@@ -845,13 +845,16 @@ def _reachable(base_url: str, api_key: str) -> int | None:
         return None
 
 
-def _first_model_id(base_url: str, api_key: str) -> str:
+def model_ids(base_url: str, api_key: str = "", timeout: float = 2.0) -> list[str]:
+    """The model ids a server's /v1/models lists (asked with its key); [] when it does not answer 200 with a list."""
     try:
-        status, body = _request(base_url, "/v1/models", api_key, timeout=2.0)
-        if status != 200:
-            return ""
-        data = json.loads(body).get("data") or []
-        return str(data[0].get("id", "")) if data else ""
+        status, body = _request(base_url, "/v1/models", api_key, timeout=timeout)
+        data = json.loads(body).get("data") if status == 200 else None
     except (OSError, http.client.HTTPException, ValueError, AttributeError):
-        return ""
+        return []
+    return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")] if isinstance(data, list) else []
+
+
+def _first_model_id(base_url: str, api_key: str) -> str:
+    return next(iter(model_ids(base_url, api_key)), "")
 

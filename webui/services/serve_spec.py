@@ -24,7 +24,7 @@ from webui.services.placement import (
     resolve_executor,
     usable_of,
 )
-from webui.settings import is_loopback
+from webui.settings import host_port, is_loopback
 
 BACKENDS = ("turbomind", "pytorch")
 MODEL_FORMATS = ("auto", "hf", "awq", "gptq")
@@ -263,7 +263,7 @@ def local_url(host: str, port: int) -> str:
     name = listen_host(host)
     if name in ("0.0.0.0", "::", ""):
         name = "127.0.0.1"
-    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+    return f"http://{host_port(name, port)}"
 
 
 def bind_problem(port: int, host: str = "127.0.0.1") -> str | None:

@@ -26,7 +26,7 @@ from webui.services.chat import (
 )
 from webui.services.server_states import ServerState
 from webui.ui import forms
-from webui.ui.common import as_int, format_errors, locale_of, reply_numbers
+from webui.ui.common import as_int, format_errors, locale_of, reply_numbers, state_refusal
 from webui.ui.target_picker import OTHER_URL, TargetHandlers, TargetPicker, build_target_picker, wire_target_picker
 
 # At most one update of the streaming reply per this many seconds (the last always shows): each update sends and
@@ -115,11 +115,7 @@ class ChatHandlers:
             return "", gr.Button(visible=False)
         outcome = self.targets.servers.wake(target)
         if outcome.error:
-            params = {k: str(v) for k, v in outcome.params.items()}
-            if "state" in params:
-                params["state"] = self.catalog.text(f"serve.state.{params['state']}", locale)
-                params["needs"] = self.catalog.text(f"serve.state.{params['needs']}", locale)
-            return "⚠ " + self.catalog.text(outcome.error, locale, **params), gr.Button(visible=True)
+            return "⚠ " + state_refusal(self.catalog, outcome.error, outcome.params, locale), gr.Button(visible=True)
         return self.catalog.text("chat.woke", locale, id=target, seconds=f"{outcome.seconds or 0:.2f}"), \
             gr.Button(visible=False)
 

@@ -41,6 +41,15 @@ def format_errors(catalog: Catalog, errors: list[FieldError] | tuple[FieldError,
     return f"**{catalog.text('serve.msg.errors_heading', locale)}**\n\n" + "\n".join(lines)
 
 
+def state_refusal(catalog: Catalog, error: str, params: Mapping[str, Any], locale: str) -> str:
+    """A refused sleep or wake in words, the server states it names (`state`, `needs`) in the page's language."""
+    words = {k: str(v) for k, v in params.items()}
+    for key in ("state", "needs"):
+        if key in words:
+            words[key] = catalog.text(f"serve.state.{words[key]}", locale)
+    return catalog.text(error, locale, **words)
+
+
 def reply_numbers(catalog: Catalog, stats: Mapping[str, Any], locale: str) -> str:
     """A reply's numbers in the page's words: `TTFT 42 ms · 31.2 tok/s · 12 + 64 tokens` (≈ when counted from
     the stream); the services return only the numbers (ReplyStats.as_dict)."""

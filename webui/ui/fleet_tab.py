@@ -39,11 +39,11 @@ from webui.services.ray_cluster import (
     RayStatus,
     build_recipe,
     check_cluster_fits,
-    host_port,
     ray_status,
 )
 from webui.services.serve import ServerManager, normalize_base_url
 from webui.services.server_states import ServerState, is_live
+from webui.settings import host_port
 from webui.ui import forms
 from webui.ui.common import format_errors, locale_of, short_model
 
@@ -72,7 +72,7 @@ class ProxyValues:
 
     def to_spec(self) -> ProxySpec:
         return ProxySpec(port=self.port, host=self.host, routing_strategy=self.routing_strategy.strip(),
-                         api_keys=tuple(self.api_keys.replace(",", " ").split()),
+                         api_keys=forms.key_list(self.api_keys),
                          disable_cache_status=self.disable_cache_status, heartbeat_s=self.heartbeat_s)
 
 

@@ -65,6 +65,11 @@ def numbers(default: str = "", max_chars: int = 256) -> Any:
     return field(default=default, metadata={RULE: Rule("numbers", max_chars)})
 
 
+def key_list(text: str) -> tuple[str, ...]:
+    """API keys as the forms take them: separated by spaces or commas."""
+    return tuple(text.replace(",", " ").split())
+
+
 def path(default: str = "", required: bool = False) -> Any:
     return field(default=default, metadata={RULE: Rule("path", PATH_MAX_BYTES, required)})
 

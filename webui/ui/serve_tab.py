@@ -27,7 +27,7 @@ from webui.services.serve_spec import (
 )
 from webui.services.server_states import ServerState, is_live
 from webui.ui import forms
-from webui.ui.common import duration, format_errors, locale_of, model_choices, picked_row, short_model
+from webui.ui.common import duration, format_errors, locale_of, model_choices, picked_row, short_model, state_refusal
 
 LOG_LINES = 40  # the box grows to show them all, so the newest line is always in view
 # Detail parameters that carry the OS's or a program's own words (quoted as code in the page).
@@ -62,7 +62,7 @@ class ServeValues:
             model_path=self.model_path.strip(), backend=self.backend, model_format=self.model_format,
             kv_policy=self.kv_policy, cache_max_entry_count=self.cache_max_entry_count, session_len=self.session_len,
             max_batch_size=self.max_batch_size, tp=self.tp, port=self.port, host=self.host,
-            model_name=self.model_name, api_keys=tuple(self.api_keys.replace(",", " ").split()),
+            model_name=self.model_name, api_keys=forms.key_list(self.api_keys),
             tool_call_parser=self.tool_call_parser, eager_mode=self.eager_mode, extra_args=self.extra_args,
             gpus=gpus if isinstance(gpus, tuple) else self.gpus,  # type: ignore[arg-type]
             executor=self.executor.strip(),
@@ -338,11 +338,7 @@ class ServeHandlers:
         except KeyError:
             return self.catalog.text("errors.unknown_server", locale, id=server_id)
         if outcome.error:
-            params = {**outcome.params}
-            if "state" in params:
-                params["state"] = self.catalog.text(f"serve.state.{params['state']}", locale)
-                params["needs"] = self.catalog.text(f"serve.state.{params['needs']}", locale)
-            return self.catalog.text(outcome.error, locale, **params)
+            return state_refusal(self.catalog, outcome.error, outcome.params, locale)
         return self.catalog.text("serve.msg.woke" if wake else "serve.msg.slept", locale, id=server_id,
                                  seconds=f"{outcome.seconds or 0:.2f}")
 
